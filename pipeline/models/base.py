@@ -1,0 +1,125 @@
+"""The one contract every stylizer keeps.
+
+A stylizer maps content ``(B,3,H,W)`` float in [0,1] plus a list of weighted styles to
+``(B,3,H,W)`` in [0,1] at the content's own size. Subclasses implement ``transfer``;
+padding to the network's stride, validation and the generic controls live here and in
+``controls.py`` so each family file only holds its method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.errors import ConfigError, InputError
+
+StyleKind = Literal["image", "index", "fixed"]
+
+
+@dataclass(frozen=True)
+class Style:
+    """One weighted style.
+
+    ``image`` is ``(1,3,h,w)`` or ``(3,h,w)`` in [0,1] for image-conditioned families;
+    ``index`` selects a built-in style of a fixed-style-set network (dumoulin);
+    fixed-style networks (johnson) take ``Style()`` with neither.
+    """
+
+    image: Tensor | None = None
+    index: int | None = None
+    weight: float = 1.0
+    label: str = ""
+
+    def image_batch(self, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+        if self.image is None:
+            raise ConfigError(f"style {self.label or self.index!r} is not an image; this stylizer needs style images")
+        img = self.image if self.image.dim() == 4 else self.image.unsqueeze(0)
+        check_images(img, what="style image")
+        return img.to(device=device, dtype=dtype)
+
+
+def normalized_weights(styles: list[Style]) -> list[float]:
+    if not styles:
+        raise ConfigError("no style given")
+    weights = [float(s.weight) for s in styles]
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"style weights must be non-negative and not all zero, got {weights}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def check_images(x: Tensor, *, what: str = "content") -> None:
+    """Raise ``InputError`` unless ``x`` is a float ``(B,3,H,W)`` batch."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"{what} must be a (B,3,H,W) tensor, got {shape}")
+    if not x.is_floating_point():
+        raise InputError(f"{what} must be float in [0,1], got dtype {x.dtype}")
+    if x.shape[-1] < 1 or x.shape[-2] < 1 or x.shape[0] < 1:
+        raise InputError(f"{what} is empty: {tuple(x.shape)}")
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Reflect-pad the bottom/right so H and W are multiples of ``multiple``; returns the original (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        # reflect needs pad < size; replicate covers tiny images
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+class Stylizer(nn.Module):
+    """Base class: subclasses set the class attributes and implement ``transfer``.
+
+    ``transfer(content, styles, alpha=..., masks=...)`` receives content already padded to
+    ``multiple`` and must return the same spatial size. ``masks``, when given, is
+    ``(B,K,H,W)`` with one soft mask per style summing to 1 over K; a family that cannot use
+    masks inside the network sets ``native_masks = False`` and the controls composite outputs.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    style_kind: ClassVar[StyleKind] = "image"
+    multiple: ClassVar[int] = 1
+    native_masks: ClassVar[bool] = False
+    native_mixing: ClassVar[bool] = True
+    feed_forward: ClassVar[bool] = True
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def check_styles(self, styles: list[Style]) -> None:
+        normalized_weights(styles)
+        for s in styles:
+            if self.style_kind == "image" and s.image is None:
+                raise ConfigError(f"{self.name} needs style images, got style {s.label or s.index!r}")
+            if self.style_kind == "index" and s.index is None:
+                raise ConfigError(f"{self.name} needs built-in style indices (e.g. 7 or 3:0.5,12:0.5), got {s.label!r}")
+        if self.style_kind == "fixed" and len(styles) > 1:
+            raise ConfigError(f"{self.name} has one style baked into its weights; it cannot mix {len(styles)} styles")
+
+    def forward(self, content: Tensor, styles: list[Style], *, alpha: float = 1.0, masks: Tensor | None = None) -> Tensor:
+        """Stylize ``content`` (B,3,H,W) in [0,1]; returns (B,3,H,W) in [0,1] at the same size."""
+        check_images(content)
+        self.check_styles(styles)
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+        padded, (h, w) = pad_to_multiple(content, self.multiple)
+        if masks is not None:
+            masks, _ = pad_to_multiple(masks, self.multiple)
+        out = self.transfer(padded, styles, alpha=alpha, masks=masks)
+        return out[..., :h, :w].clamp(0, 1)

@@ -1,0 +1,127 @@
+"""Reading checkpoints safely from a path or URI.
+
+Only two formats are accepted: safetensors, and ``.pth`` read with ``weights_only=True``
+(pickle can run code, tensors cannot). Remote URIs (``s3://``, ``gs://`` and anything
+fsspec knows) are copied once into the cache directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pipeline.errors import WeightsError
+
+SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def cache_dir() -> Path:
+    """``$STYLIZE_CACHE`` or ``~/.cache/stylize``; created on first use."""
+    root = Path(os.environ.get("STYLIZE_CACHE", Path.home() / ".cache" / "stylize"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def split_sha256(uri: str) -> tuple[str, str | None]:
+    """``path#sha256=HEX`` -> (path, HEX); a bare path -> (path, None)."""
+    if "#sha256=" in uri:
+        path, digest = uri.split("#sha256=", 1)
+        return path, digest.lower()
+    return uri, None
+
+
+def local_path(uri: str) -> Path:
+    """A local file for ``uri``, copying remote objects into the cache first."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" not in uri:
+        path = Path(uri).expanduser()
+        if not path.exists():
+            raise WeightsError(f"weights file not found: {path}")
+        return path
+    import fsspec
+
+    target = cache_dir() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(uri).name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with fsspec.open(uri, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
+                dst.write(src.read())
+        except Exception as exc:  # noqa: BLE001 - any backend error becomes one message
+            raise WeightsError(f"cannot fetch weights {uri}: {exc}") from exc
+        target.with_suffix(".part").replace(target)
+    return target
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_dict(uri: str, *, sha256: str | None = None) -> dict[str, Tensor]:
+    """Load a flat ``{name: tensor}`` dict from safetensors or a weights-only ``.pth``.
+
+    ``uri`` may end in ``#sha256=HEX``; that digest (or ``sha256``) is verified first.
+    """
+    uri, digest = split_sha256(uri)
+    digest = sha256 or digest
+    path = local_path(uri)
+    if path.is_dir():
+        raise WeightsError(f"expected a weights file, got a directory: {path}")
+    if digest and sha256_of(path) != digest:
+        raise WeightsError(f"sha256 mismatch for {path}: expected {digest}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsError(f"cannot read safetensors {path}: {exc}") from exc
+    if path.suffix not in SAFE_SUFFIXES:
+        raise WeightsError(f"unsupported weights format {path.suffix!r} ({path}); use .safetensors or .pth")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - includes the unpickler refusing code
+        raise WeightsError(f"cannot read {path} as a weights-only checkpoint: {exc}") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} is not a state dict of tensors")
+    return dict(obj)
+
+
+def read_metadata(uri: str) -> dict[str, str]:
+    """The safetensors header metadata of ``uri`` ({} for other formats)."""
+    path = local_path(split_sha256(uri)[0])
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_into(module: torch.nn.Module, state: dict[str, Tensor], *, what: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatches."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape of {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+        raise WeightsError(f"{what} weights do not fit: " + "; ".join(parts))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
