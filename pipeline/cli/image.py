@@ -1,0 +1,110 @@
+"""`stylize image`: one photo, no cluster."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+
+from pipeline.cli.common import resolve_device
+from pipeline.codec import encode_image, read_image, to_array, to_tensor
+from pipeline.errors import ConfigError, InputError
+from pipeline.models import controls, create, get_card
+from pipeline.models.base import Style
+from pipeline.styles import parse_style_spec
+
+
+def _load_masks(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
+    """Grey mask images -> (1,K,H,W) in [0,1]; each must match the content's size exactly."""
+    masks = []
+    for path in paths:
+        decoded = read_image(str(path))
+        if (decoded.width, decoded.height) != size:
+            raise InputError(f"mask {path} is {decoded.width}x{decoded.height} but the content is {size[0]}x{size[1]}")
+        masks.append(torch.from_numpy(decoded.array.astype(np.float32).mean(-1) / 255.0))
+    return torch.stack(masks)[None]
+
+
+def _masked_styles(
+    mask_paths: list[Path], mask_specs: list[str], background: str | None, size: tuple[int, int]
+) -> tuple[list[Style], torch.Tensor]:
+    if len(mask_paths) != len(mask_specs):
+        raise ConfigError(f"give one --mask-style per --mask ({len(mask_paths)} masks, {len(mask_specs)} styles)")
+    styles = []
+    for spec in mask_specs + ([background] if background else []):
+        parsed = parse_style_spec(spec)
+        if len(parsed) != 1:
+            raise ConfigError(f"a masked region takes one style, got {spec!r}")
+        styles.append(parsed[0])
+    masks = _load_masks(mask_paths, size)
+    if background:
+        masks = torch.cat([masks, (1 - masks.sum(1, keepdim=True)).clamp_min(0)], 1)
+    return styles, masks
+
+
+def image(
+    content: Annotated[Path, typer.Argument(help="The photo to stylize.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result (.jpg, .png, .webp).")],
+    stylizer: Annotated[str, typer.Option(help="Registered stylizer name (see `stylize models list`).")] = "dumoulin",
+    style: Annotated[
+        str | None,
+        typer.Option(help="Style spec: starry.jpg, starry.jpg:0.7,wave.jpg:0.3, 7 or 3:0.5,12:0.5."),
+    ] = None,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Content-style trade-off, 0 to 1.")] = 1.0,
+    preserve_color: Annotated[str, typer.Option("--preserve-color", help="none, luminance or histogram.")] = "none",
+    mask: Annotated[list[Path] | None, typer.Option(help="A region mask (white = region); repeat.")] = None,
+    mask_style: Annotated[list[str] | None, typer.Option(help="The style for the matching --mask; repeat.")] = None,
+    max_side: Annotated[int | None, typer.Option(min=16, help="Cap the longer side (default: original size).")] = None,
+    tile_pixels: Annotated[
+        int, typer.Option(help="Feed-forward models tile images above this many pixels.")
+    ] = controls.DEFAULT_TILE_PIXELS,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps (gatys).")] = None,
+    encoder_weights: Annotated[
+        str, typer.Option(help="VGG weights: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
+    ] = "auto",
+    weights: Annotated[str | None, typer.Option(help="Checkpoint path or URI for the stylizer.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")] = 92,
+) -> None:
+    """Stylize one image and write it to --output."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    fmt = output.suffix.lower().lstrip(".")
+    if fmt not in ("jpg", "jpeg", "png", "webp"):
+        raise ConfigError(f"--output must end in .jpg, .png or .webp, got {output.name!r}")
+    card = get_card(stylizer)
+    decoded = read_image(str(content))
+    if mask:
+        styles, masks = _masked_styles(mask, mask_style or [], style, (decoded.width, decoded.height))
+    else:
+        if mask_style:
+            raise ConfigError("--mask-style needs a matching --mask")
+        if style is None:
+            style = "0" if card.style_kind == "index" else ("" if card.style_kind == "fixed" else None)
+        if style is None:
+            raise ConfigError(f"{stylizer} needs --style (an image path or a mix like a.jpg:0.7,b.jpg:0.3)")
+        styles = parse_style_spec(style) if style else [Style()]
+        masks = None
+    options: dict[str, int] = {}
+    if not card.feed_forward:  # optimisation methods take their schedule from the command line
+        options = {"seed": seed, **({"steps": steps} if steps else {})}
+    model = create(stylizer, weights=weights, encoder_weights=encoder_weights, device=resolve_device(device), **options)
+    out = controls.stylize(
+        model,
+        to_tensor(decoded.array),
+        styles,
+        alpha=alpha,
+        preserve_color=preserve_color,  # type: ignore[arg-type]
+        masks=masks,
+        max_side=max_side,
+        tile_pixels=tile_pixels,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(encode_image(to_array(out), fmt, quality))
+    h, w = out.shape[-2:]
+    typer.echo(f"wrote {output} ({w}x{h}, {stylizer}, {time.perf_counter() - started:.1f}s)")

@@ -1,0 +1,238 @@
+"""Runtime controls shared by every family: resolution, colour preservation, masks, tiling.
+
+``stylize`` is the one entry point the CLI, the batch worker and the benchmarks call. The
+family's own ``forward`` does alpha and style mixing (their meaning differs per method: see
+each family's docstring); everything here works on images and so is the same for all:
+
+- ``preserve_color="luminance"``: transfer on luminance only (Gatys et al. 2016, "Preserving
+  colour in neural artistic style transfer"): content and styles go in as grey luminance
+  (the styles' luminance matched to the content's mean/std), and the output's luminance is
+  recombined with the content's own chroma (YCbCr, BT.601), so the photo's colours stay.
+- ``preserve_color="histogram"``: each style image's colour mean and covariance are matched to
+  the content's before stylizing (same paper). Index/fixed-style networks have no style image,
+  so for them the output's colour statistics are matched to the content's instead.
+- masks: ``(B|1, K, H, W)``, one soft mask per style. Families with ``native_masks`` blend
+  inside the network (features); for the others each style is rendered and composited.
+- ``max_side``: cap the longer side (the output is then that size); default keeps the size.
+- ``tile_pixels``: feed-forward families stylize images above this many pixels in
+  overlapping tiles blended with feathered (linear ramp) weights, bounding peak memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.models.base import Style, Stylizer, check_images
+
+ColorMode = Literal["none", "luminance", "histogram"]
+COLOR_MODES: tuple[str, ...] = ("none", "luminance", "histogram")
+DEFAULT_TILE_PIXELS = 4_000_000
+TILE_OVERLAP = 64
+
+_RGB_TO_YCBCR = torch.tensor(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float32
+)
+
+
+def rgb_to_ycbcr(x: Tensor) -> Tensor:
+    """(B,3,H,W) RGB in [0,1] -> YCbCr with Y in [0,1] and Cb, Cr centred on 0."""
+    return torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
+
+
+def ycbcr_to_rgb(x: Tensor) -> Tensor:
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_RGB_TO_YCBCR).to(x), x)
+
+
+def luminance(x: Tensor) -> Tensor:
+    """(B,3,H,W) -> (B,1,H,W) BT.601 luma."""
+    return rgb_to_ycbcr(x)[:, :1]
+
+
+def _grey_matched(y: Tensor, ref_y: Tensor) -> Tensor:
+    """Luminance ``y`` with its mean/std moved to those of ``ref_y`` (all images pooled), as 3 channels."""
+    y = (y - y.mean()) / (y.std() + 1e-6) * ref_y.std() + ref_y.mean()
+    return y.clamp(0, 1).expand(-1, 3, -1, -1)
+
+
+def match_color(source: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
+    """Recolour ``source`` (N,3,H,W) so its RGB mean and covariance equal ``target``'s (pooled)."""
+
+    def stats(x: Tensor) -> tuple[Tensor, Tensor]:
+        flat = x.permute(1, 0, 2, 3).reshape(3, -1).double()
+        mu = flat.mean(1, keepdim=True)
+        centred = flat - mu
+        return mu, centred @ centred.T / centred.shape[1] + eps * torch.eye(3, dtype=flat.dtype, device=x.device)
+
+    def sqrtm(c: Tensor, inverse: bool = False) -> Tensor:
+        vals, vecs = torch.linalg.eigh(c)
+        vals = vals.clamp_min(eps)
+        return vecs @ torch.diag(vals.rsqrt() if inverse else vals.sqrt()) @ vecs.T
+
+    mu_s, cov_s = stats(source)
+    mu_t, cov_t = stats(target)
+    transform = sqrtm(cov_t) @ sqrtm(cov_s, inverse=True)
+    flat = source.permute(1, 0, 2, 3).reshape(3, -1).double()
+    out = transform @ (flat - mu_s) + mu_t
+    return out.reshape(3, source.shape[0], *source.shape[2:]).permute(1, 0, 2, 3).to(source.dtype).clamp(0, 1)
+
+
+def resize_max_side(x: Tensor, max_side: int | None) -> Tensor:
+    """Downscale so the longer side is at most ``max_side`` (never upscales), keeping the aspect ratio."""
+    if not max_side:
+        return x
+    h, w = x.shape[-2:]
+    if max(h, w) <= max_side:
+        return x
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def check_masks(masks: Tensor, content: Tensor, n_styles: int) -> Tensor:
+    """Validate (B|1,K,H,W) masks against the content and normalise them to sum to 1 per pixel."""
+    if masks.dim() != 4 or masks.shape[1] != n_styles:
+        raise InputError(f"masks must be (B,{n_styles},H,W), one per style; got {tuple(masks.shape)}")
+    if masks.shape[-2:] != content.shape[-2:]:
+        raise InputError(
+            f"masks are {masks.shape[-1]}x{masks.shape[-2]} but the content is {content.shape[-1]}x{content.shape[-2]}"
+        )
+    if masks.shape[0] not in (1, content.shape[0]):
+        raise InputError(f"masks batch {masks.shape[0]} does not match content batch {content.shape[0]}")
+    masks = masks.to(content).clamp_min(0)
+    total = masks.sum(1, keepdim=True)
+    if (total <= 0).any():
+        raise InputError("masks leave some pixels with no style; cover every pixel (or give a background --style)")
+    return (masks / total).expand(content.shape[0], -1, -1, -1)
+
+
+def _feather(length: int, overlap: int, first: bool, last: bool, device: torch.device) -> Tensor:
+    """1-D blending weights for one tile: linear ramps over the overlaps, flat inside."""
+    w = torch.ones(length, device=device)
+    ramp = torch.linspace(0, 1, overlap + 2, device=device)[1:-1]
+    if not first and overlap:
+        w[:overlap] = ramp[: min(overlap, length)]
+    if not last and overlap:
+        w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0)[: min(overlap, length)])
+    return w
+
+
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    step = (size - tile) / (n - 1)
+    return [round(i * step) for i in range(n)]
+
+
+def tiled(
+    model: Stylizer,
+    content: Tensor,
+    styles: list[Style],
+    *,
+    alpha: float,
+    masks: Tensor | None,
+    tile_pixels: int,
+    overlap: int = TILE_OVERLAP,
+) -> Tensor:
+    """Stylize in overlapping square-ish tiles of at most ``tile_pixels`` and feather them together."""
+    b, _, h, w = content.shape
+    tile = max(2 * overlap + 32, int(math.sqrt(tile_pixels)))
+    out = torch.zeros_like(content)
+    acc = torch.zeros(1, 1, h, w, device=content.device, dtype=content.dtype)
+    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    for iy, y0 in enumerate(ys):
+        for ix, x0 in enumerate(xs):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            patch_masks = masks[..., y0:y1, x0:x1] if masks is not None else None
+            patch = model(content[..., y0:y1, x0:x1], styles, alpha=alpha, masks=patch_masks)
+            wy = _feather(y1 - y0, overlap, iy == 0, iy == len(ys) - 1, content.device)
+            wx = _feather(x1 - x0, overlap, ix == 0, ix == len(xs) - 1, content.device)
+            weight = (wy[:, None] * wx[None, :]).to(content.dtype)
+            out[..., y0:y1, x0:x1] += patch * weight
+            acc[..., y0:y1, x0:x1] += weight
+    return out / acc
+
+
+def _run(
+    model: Stylizer,
+    content: Tensor,
+    styles: list[Style],
+    *,
+    alpha: float,
+    masks: Tensor | None,
+    tile_pixels: int | None,
+) -> Tensor:
+    h, w = content.shape[-2:]
+    if model.feed_forward and tile_pixels and h * w > tile_pixels:
+        return tiled(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels)
+    return model(content, styles, alpha=alpha, masks=masks)
+
+
+def stylize(
+    model: Stylizer,
+    content: Tensor,
+    styles: list[Style],
+    *,
+    alpha: float = 1.0,
+    preserve_color: ColorMode = "none",
+    masks: Tensor | None = None,
+    max_side: int | None = None,
+    tile_pixels: int | None = DEFAULT_TILE_PIXELS,
+) -> Tensor:
+    """Stylize content ``(B,3,H,W)`` in [0,1] with every control applied; returns ``(B,3,H',W')`` in [0,1].
+
+    ``H', W'`` equal ``H, W`` unless ``max_side`` caps them. ``masks`` ``(B|1,K,H,W)`` assigns
+    the K styles to regions (soft masks, normalised per pixel). See the module docstring.
+    """
+    check_images(content)
+    if preserve_color not in COLOR_MODES:
+        raise ConfigError(f"preserve_color must be one of {', '.join(COLOR_MODES)}, got {preserve_color!r}")
+    model.check_styles(styles)
+    device = model.device
+    content = resize_max_side(content.to(device), max_side)
+    if masks is not None:
+        masks = masks.to(device)
+        if max_side and masks.shape[-2:] != content.shape[-2:]:
+            masks = F.interpolate(masks, size=content.shape[-2:], mode="bilinear", align_corners=False)
+        masks = check_masks(masks, content, len(styles))
+    styles = [replace(s, image=s.image.to(device)) if s.image is not None else s for s in styles]
+
+    original = content
+    if preserve_color == "luminance":
+        content_y = luminance(content)
+        content = content_y.expand(-1, 3, -1, -1)
+        styles = [
+            replace(s, image=_grey_matched(luminance(s.image_batch(device)), content_y)) if s.image is not None else s
+            for s in styles
+        ]
+    elif preserve_color == "histogram":
+        styles = [
+            replace(s, image=match_color(s.image_batch(device), content)) if s.image is not None else s for s in styles
+        ]
+
+    grad = torch.enable_grad if not model.feed_forward else torch.no_grad
+    with grad():
+        if masks is not None and not model.native_masks:
+            out = torch.zeros_like(content)
+            for k, style in enumerate(styles):
+                rendered = _run(
+                    model, content, [replace(style, weight=1.0)], alpha=alpha, masks=None, tile_pixels=tile_pixels
+                )
+                out += masks[:, k : k + 1] * rendered
+        else:
+            out = _run(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels)
+    out = out.detach()
+
+    if preserve_color == "luminance":
+        ycc = rgb_to_ycbcr(original)
+        out = ycbcr_to_rgb(torch.cat([luminance(out), ycc[:, 1:]], 1))
+    elif preserve_color == "histogram" and all(s.image is None for s in styles):
+        out = torch.stack([match_color(o[None], c[None])[0] for o, c in zip(out, original, strict=True)])
+    return out.clamp(0, 1)

@@ -1,0 +1,75 @@
+"""The generic controls measured on a per-pixel fake stylizer (real families have their own tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.models import controls
+from pipeline.models.base import Style
+from tests.fakes import TintStylizer, solid
+
+RED, BLUE = solid((0.9, 0.1, 0.1)), solid((0.1, 0.1, 0.9))
+
+
+def test_luminance_keeps_the_content_chroma(photo: torch.Tensor) -> None:
+    model = TintStylizer()
+    plain = controls.stylize(model, photo, [Style(image=RED)])
+    kept = controls.stylize(model, photo, [Style(image=RED)], preserve_color="luminance")
+    chroma = controls.rgb_to_ycbcr(photo)[:, 1:]
+    inside = ((kept > 0.001) & (kept < 0.999)).all(1, keepdim=True).expand(-1, 2, -1, -1)
+    kept_err = (controls.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max()
+    plain_err = (controls.rgb_to_ycbcr(plain)[:, 1:] - chroma).abs().mean()
+    assert kept_err < 1e-4, f"chroma moved by {kept_err:.5f}"
+    assert plain_err > 0.05  # without the control the red tint does change the chroma
+
+
+def test_histogram_matches_mean_and_covariance(photo: torch.Tensor) -> None:
+    # a recoloured copy of the photo: its colours map back inside [0,1], so clamping doesn't blur the check
+    style = photo.flip(-1) * torch.tensor([0.5, 0.3, 0.2]).view(1, 3, 1, 1) + 0.1
+    matched = controls.match_color(style, photo)
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.permute(1, 0, 2, 3).reshape(3, -1)
+        return flat.mean(1), torch.cov(flat, correction=0)
+
+    (mu_m, cov_m), (mu_p, cov_p), (mu_s, _) = stats(matched), stats(photo), stats(style)
+    assert (mu_m - mu_p).abs().max() < 0.02 < (mu_s - mu_p).abs().max()
+    assert (cov_m - cov_p).abs().max() < 0.01
+
+
+def test_masks_give_each_region_its_own_style(photo: torch.Tensor) -> None:
+    masks = torch.zeros(1, 2, 128, 128)
+    masks[:, 0, :, :64], masks[:, 1, :, 64:] = 1, 1
+    out = controls.stylize(TintStylizer(), photo, [Style(image=RED), Style(image=BLUE)], masks=masks)
+    left, right = out[..., :64].mean((0, 2, 3)), out[..., 64:].mean((0, 2, 3))
+    assert left[0] - left[2] > 0.2 and right[2] - right[0] > 0.2
+
+
+def test_tiling_reproduces_a_per_pixel_stylizer(photo: torch.Tensor) -> None:
+    big = torch.nn.functional.interpolate(photo, size=(301, 410), mode="bilinear")
+    model = TintStylizer()
+    whole = controls.stylize(model, big, [Style(image=RED)], tile_pixels=None)
+    tiled = controls.stylize(model, big, [Style(image=RED)], tile_pixels=150 * 150)
+    assert tiled.shape == whole.shape
+    assert (tiled - whole).abs().max() < 1e-5
+
+
+def test_max_side_caps_the_longer_side_and_keeps_the_aspect(photo: torch.Tensor) -> None:
+    wide = torch.nn.functional.interpolate(photo, size=(100, 300), mode="bilinear")
+    out = controls.stylize(TintStylizer(), wide, [Style(image=RED)], max_side=150)
+    assert out.shape[-2:] == (50, 150)
+    assert controls.stylize(TintStylizer(), wide, [Style(image=RED)]).shape[-2:] == (100, 300)
+
+
+def test_bad_masks_and_options_are_one_line_errors(photo: torch.Tensor) -> None:
+    model = TintStylizer()
+    with pytest.raises(InputError, match="64x64 but the content is 128x128"):
+        controls.stylize(model, photo, [Style(image=RED)], masks=torch.ones(1, 1, 64, 64))
+    with pytest.raises(ConfigError, match="alpha"):
+        controls.stylize(model, photo, [Style(image=RED)], alpha=1.5)
+    with pytest.raises(ConfigError, match="preserve_color"):
+        controls.stylize(model, photo, [Style(image=RED)], preserve_color="sepia")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"\(B,3,H,W\).*\(3, 8, 8\)"):
+        controls.stylize(model, torch.rand(3, 8, 8), [Style(image=RED)])
