@@ -112,7 +112,9 @@ class Stylizer(nn.Module):
         if self.style_kind == "fixed" and len(styles) > 1:
             raise ConfigError(f"{self.name} has one style baked into its weights; it cannot mix {len(styles)} styles")
 
-    def forward(self, content: Tensor, styles: list[Style], *, alpha: float = 1.0, masks: Tensor | None = None) -> Tensor:
+    def forward(
+        self, content: Tensor, styles: list[Style], *, alpha: float = 1.0, masks: Tensor | None = None
+    ) -> Tensor:
         """Stylize ``content`` (B,3,H,W) in [0,1]; returns (B,3,H,W) in [0,1] at the same size."""
         check_images(content)
         self.check_styles(styles)

@@ -1,0 +1,110 @@
+"""Model-only throughput: images per second per stylizer and size on one device.
+
+A benchmark prints numbers; it asserts nothing. Weights do not change the arithmetic, so a
+family whose weights are not installed here is timed with randomly initialised weights and
+the row says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from pipeline.errors import WeightsError
+from pipeline.models import controls, create, get_card
+from pipeline.models.base import Style, Stylizer
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    stylizer: str
+    size: int
+    batch: int
+    images_per_s: float
+    seconds_per_image: float
+    device: str
+    weights: str
+    note: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def bench_image(size: int, batch: int = 1) -> torch.Tensor:
+    """A real photo (scikit-image's astronaut when installed, else a smooth synthetic one) at size x size."""
+    try:
+        from skimage import data
+
+        base = torch.from_numpy(data.astronaut().copy()).permute(2, 0, 1)[None].float() / 255
+    except ImportError:
+        ys, xs = torch.meshgrid(torch.linspace(0, 1, 256), torch.linspace(0, 1, 256), indexing="ij")
+        base = torch.stack([ys, xs, (ys + xs) / 2])[None]
+    img = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", antialias=True)
+    return img.expand(batch, -1, -1, -1).contiguous()
+
+
+def default_styles(model: Stylizer) -> list[Style]:
+    if model.style_kind == "index":
+        return [Style(index=0)]
+    if model.style_kind == "fixed":
+        return [Style()]
+    ys, xs = torch.meshgrid(torch.linspace(0, 6, 256), torch.linspace(0, 6, 256), indexing="ij")
+    stripes = torch.stack(
+        [torch.sin(xs * 3) * 0.5 + 0.5, torch.cos(ys * 2) * 0.5 + 0.5, torch.sin(xs + ys) * 0.5 + 0.5]
+    )
+    return [Style(image=stripes[None])]
+
+
+def load_for_bench(
+    name: str, device: torch.device, random_init: Callable[[str], Stylizer] | None, **options: object
+) -> tuple[Stylizer, str]:
+    """The named model with real weights if present, else random weights (for speed only)."""
+    try:
+        model = create(name, device=device, **options)
+        return model, "installed"
+    except WeightsError:
+        if random_init is None:
+            raise
+        return random_init(name).to(device).eval(), "random-init (speed only)"
+
+
+def time_stylizer(
+    model: Stylizer, styles: list[Style], size: int, *, batch: int = 1, repeats: int = 3, warmup: int = 1
+) -> float:
+    """Seconds per image for ``repeats`` timed calls after ``warmup`` untimed ones."""
+    content = bench_image(size, batch).to(model.device)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        controls.stylize(model, content, styles, tile_pixels=None)
+    sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        controls.stylize(model, content, styles, tile_pixels=None)
+    sync()
+    return (time.perf_counter() - started) / (repeats * batch)
+
+
+def bench_models(
+    names: Iterable[str],
+    sizes: Iterable[int],
+    *,
+    device: torch.device,
+    batch: int = 1,
+    repeats: int = 3,
+    gatys_steps: int = 10,
+    random_init: Callable[[str], Stylizer] | None = None,
+) -> Iterable[BenchRow]:
+    """Yield one row per (stylizer, size); gatys is timed at ``gatys_steps`` optimisation steps."""
+    for name in names:
+        card = get_card(name)
+        options: dict[str, object] = {} if card.feed_forward else {"steps": gatys_steps}
+        model, weights = load_for_bench(name, device, random_init, **options)
+        styles = default_styles(model)
+        note = "" if card.feed_forward else f"{gatys_steps} optimisation steps"
+        for size in sizes:
+            reps = 1 if not card.feed_forward or size >= 1024 else repeats
+            per_image = time_stylizer(model, styles, size, batch=batch, repeats=reps, warmup=0 if reps == 1 else 1)
+            yield BenchRow(name, size, batch, 1 / per_image, per_image, str(device), weights, note)
