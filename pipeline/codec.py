@@ -1,18 +1,39 @@
 """Bytes <-> RGB uint8 arrays <-> tensors. Pure functions, no I/O beyond ``read_image``.
 
-(Minimal first version: the batch-pipeline work hardens decoding against hostile input.)
+Decoding is hardened against hostile or broken input: every failure is a ``DecodeError`` with a
+reason (batch jobs record it per row and go on), never a crash or a runaway allocation.
+
+What ``decode_image`` does to the pixels, in order:
+
+* only common photo formats are parsed (``ACCEPTED_FORMATS``): Pillow's other plugins (EPS runs
+  Ghostscript, for one) are never reached by untrusted bytes;
+* the size declared in the header is checked against ``max_pixels`` *before* any pixel is decoded;
+* animated GIF / WebP / APNG: the first frame, noted as ``"animated: first of N frames"``;
+* EXIF orientation is applied (noted as ``"exif orientation N applied"``);
+* CMYK: through the embedded ICC profile to sRGB when there is one, else the usual
+  ``(255 - C) * (255 - K) / 255`` formula (Adobe's inverted CMYK JPEGs are undone by Pillow);
+* 16-bit grey is scaled to 8 bits (``v / 257``, rounded), not clipped; 16-bit RGB(A) PNGs are
+  already reduced to their high byte by Pillow;
+* transparency (alpha channel or a palette's transparent index) is composited onto **white**:
+  stylizers take RGB, and white is what a viewer shows behind a transparent photo on a page.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from pipeline.errors import DecodeError
+from pipeline.errors import DecodeError, InputError
+
+# "JPEG" also admits MPO, which many phone cameras write: Pillow's JPEG opener hands those out as MPO.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
+DEFAULT_MAX_PIXELS = 90_000_000
+_BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -31,20 +52,152 @@ class Decoded:
         return int(self.array.shape[0])
 
 
-def decode_image(data: bytes) -> Decoded:
-    """Decode image bytes to RGB uint8, honouring EXIF orientation; raises ``DecodeError``."""
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format a file claims by its magic bytes, to tell "truncated" from "not an image"."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _open(data: bytes) -> Image.Image:
+    """Parse the header only (Pillow opens lazily); raises ``DecodeError``."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = ImageOps.exif_transpose(img)
-            return Decoded(np.asarray(img.convert("RGB")))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DecodeError(f"not a readable image: {exc}") from None
+        with warnings.catch_warnings():
+            # our own max_pixels check is the limit; Pillow's warning would only duplicate it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"image too large (decompression bomb?): {exc}") from None
+    except Image.UnidentifiedImageError:
+        sniffed = _sniff(data)
+        if sniffed:
+            raise DecodeError(f"truncated or corrupt {sniffed} header ({len(data)} bytes)") from None
+        raise DecodeError(
+            f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)}); {len(data)} bytes"
+        ) from None
+    except Exception as exc:  # Pillow plugins raise a zoo of types (SyntaxError, struct.error...) on bad headers
+        raise DecodeError(f"unreadable image header: {type(exc).__name__}: {exc}") from None
 
 
-def read_image(path_or_uri: str) -> Decoded:
-    """Read and decode a local path or fsspec URI."""
+def probe(data: bytes) -> tuple[int, int, str]:
+    """``(width, height, format)`` from the header alone, without decoding pixels.
+
+    ``format`` is lower case (``"jpeg"``, ``"png"``...). Works on a prefix of the file for the
+    common formats (the first 64 KiB is nearly always enough). Raises ``DecodeError``.
+    """
+    with _open(data) as img:
+        return int(img.width), int(img.height), str(img.format).lower()
+
+
+def _gray16_to_rgb(img: Image.Image) -> Image.Image:
+    a = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        # float images carry no range; [0,1] is the common convention, anything larger is read as [0,255]
+        scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+        a8 = np.nan_to_num(a * scale).clip(0, 255)
+    else:
+        a8 = (a.clip(0, 65535) / 257.0).round()
+    g = a8.astype(np.uint8)
+    return Image.fromarray(np.stack([g, g, g], axis=-1))
+
+
+def _cmyk_to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            dst = ImageCms.createProfile("sRGB")
+            return ImageCms.profileToProfile(img, src, dst, outputMode="RGB"), "cmyk via icc profile"
+        except Exception:  # a broken embedded profile is common enough; fall back to the formula
+            pass
+    return img.convert("RGB"), "cmyk converted"
+
+
+def _to_rgb(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Any Pillow mode -> RGB, see the module docstring for the rules."""
+    mode = img.mode
+    if mode == "RGB":
+        return img, []
+    if mode == "CMYK":
+        rgb, note = _cmyk_to_rgb(img)
+        return rgb, [note]
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _gray16_to_rgb(img), ["16-bit scaled to 8-bit"]
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB"), ["alpha composited onto white"]
+    try:
+        return img.convert("RGB"), []
+    except ValueError:
+        raise DecodeError(f"unsupported colour mode {mode!r}") from None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode image bytes to RGB uint8 (H,W,3); raises ``DecodeError`` with a reason.
+
+    ``max_pixels`` bounds width*height as declared in the header, checked before decoding.
+    Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP) still applies above it.
+    """
+    img = _open(data)
+    try:
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise DecodeError(f"image declares an empty size {w}x{h}")
+        if w * h > max_pixels:
+            raise DecodeError(f"image too large: {w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
+        notes = []
+        n_frames = int(getattr(img, "n_frames", 1) or 1)
+        if n_frames > 1:
+            img.seek(0)
+            notes.append(f"animated: first of {n_frames} frames")
+        try:
+            img.load()
+        except Exception as exc:  # truncated data, corrupt streams: many exception types
+            reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+            raise DecodeError(f"{reason} {img.format} data: {type(exc).__name__}: {exc}") from None
+        try:
+            orientation = int(img.getexif().get(0x0112, 1))
+        except Exception:  # unreadable EXIF is not worth failing the image for
+            orientation = 1
+        if orientation not in (0, 1):
+            try:
+                img = ImageOps.exif_transpose(img)
+                notes.append(f"exif orientation {orientation} applied")
+            except Exception:
+                notes.append(f"exif orientation {orientation} ignored (unreadable)")
+        try:
+            rgb, mode_notes = _to_rgb(img)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"cannot convert {img.mode} to RGB: {type(exc).__name__}: {exc}") from None
+        notes.extend(mode_notes)
+        array = np.asarray(rgb, dtype=np.uint8)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise DecodeError(f"decoded to unexpected shape {array.shape}")
+        return Decoded(np.ascontiguousarray(array), "; ".join(notes))
+    finally:
+        img.close()
+
+
+def read_image(path_or_uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Read and decode a local path or fsspec URI; raises ``DecodeError`` naming the URI."""
     import fsspec
 
     try:
@@ -52,27 +205,34 @@ def read_image(path_or_uri: str) -> Decoded:
             data = f.read()
     except FileNotFoundError:
         raise DecodeError(f"file not found: {path_or_uri}") from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise DecodeError(f"cannot read {path_or_uri}: {exc}") from None
     try:
-        return decode_image(data)
+        return decode_image(data, max_pixels=max_pixels)
     except DecodeError as exc:
         raise DecodeError(f"{path_or_uri}: {exc}") from None
 
 
 def encode_image(array: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> bytes:
     """(H,W,3) uint8 -> encoded bytes in ``fmt`` (jpeg, png or webp)."""
-    buf = io.BytesIO()
-    pil_fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(fmt.lower())
+    pil_fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(str(fmt).lower())
     if pil_fmt is None:
         raise DecodeError(f"unsupported output format {fmt!r}; use jpeg, png or webp")
-    kwargs = {"quality": quality} if pil_fmt in ("JPEG", "WEBP") else {}
-    Image.fromarray(array).save(buf, format=pil_fmt, **kwargs)
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        shape = getattr(array, "shape", None)
+        raise InputError(f"encode_image wants (H,W,3) uint8, got {shape} {getattr(array, 'dtype', type(array))}")
+    if not 1 <= int(quality) <= 100:
+        raise InputError(f"quality must be in 1..100, got {quality}")
+    buf = io.BytesIO()
+    kwargs = {"quality": int(quality)} if pil_fmt in ("JPEG", "WEBP") else {}
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format=pil_fmt, **kwargs)
     return buf.getvalue()
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """(H,W,3) uint8 -> (1,3,H,W) float32 in [0,1]."""
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise InputError(f"to_tensor wants (H,W,3) uint8, got {array.shape} {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
@@ -80,5 +240,9 @@ def to_array(tensor: torch.Tensor) -> np.ndarray:
     """(3,H,W) or (1,3,H,W) float in [0,1] -> (H,W,3) uint8."""
     t = tensor.detach().float().cpu()
     if t.dim() == 4:
+        if t.shape[0] != 1:
+            raise InputError(f"to_array wants one image, got batch shape {tuple(t.shape)}")
         t = t[0]
+    if t.dim() != 3 or t.shape[0] != 3:
+        raise InputError(f"to_array wants (3,H,W) or (1,3,H,W), got {tuple(tensor.shape)}")
     return (t.clamp(0, 1).mul(255).add(0.5).to(torch.uint8)).permute(1, 2, 0).numpy()
