@@ -165,7 +165,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         n_frames = int(getattr(img, "n_frames", 1) or 1)
         if n_frames > 1:
             img.seek(0)
-            notes.append(f"animated: first of {n_frames} frames")
+            # MPO's extra pictures are previews or stereo views, not animation
+            kind = "multi-picture: first of {} images" if img.format == "MPO" else "animated: first of {} frames"
+            notes.append(kind.format(n_frames))
         try:
             img.load()
         except Exception as exc:  # truncated data, corrupt streams: many exception types

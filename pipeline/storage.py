@@ -1,0 +1,259 @@
+"""Objects under a root URI (local folder, ``s3://``, ``gs://``) through fsspec.
+
+* ``Storage(root).put(key, data)`` is atomic per object: a local write goes to a temp file in the
+  same folder and is ``os.replace``-d into place (readers never see half a file); an object store
+  PUT is atomic already.
+* Keys are relative, ``/``-separated and cannot leave the root: ``check_key`` refuses ``..``,
+  absolute paths, backslashes, URL schemes, NUL and control characters, empty segments and glob
+  characters (fsspec expands those in some calls). ``safe_key(*parts)`` joins parts and checks.
+* Sources named in manifests are read through ``read_source`` with a scheme allow-list, so a
+  manifest row cannot make a worker fetch ``http://169.254.169.254/...`` or ``memory://``.
+
+S3 endpoints (MinIO, tests): ``storage_options={"endpoint_url": ...}`` or the environment
+variable ``STYLIZE_S3_ENDPOINT`` (then ``AWS_ENDPOINT_URL``). Credentials come from the usual
+AWS variables / profiles; nothing here reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+from fsspec.core import split_protocol
+
+from pipeline.errors import StorageError
+
+# "" is a plain local path. http(s), ftp, memory, data... must be allowed explicitly.
+ALLOWED_SCHEMES: frozenset[str] = frozenset({"file", "s3", "gs", "gcs", ""})
+_TMP_MARK = ".tmp-stylize-"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# what fsspec or Windows would read as a protocol / drive; "10:30.jpg" stays a fine key
+_SCHEME_LIKE = re.compile(r"^([A-Za-z]:|data:)", re.IGNORECASE)
+_GLOB = set("*?[]")
+# the only way to read the umask is to set it; done once at import, before any threads write
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+MAX_KEY_BYTES = 1024  # S3's limit
+MAX_SEGMENT_BYTES = 255  # most local filesystems' limit
+
+
+def schemes_of(uri: str) -> list[str]:
+    """The protocols fsspec would use for ``uri``, as fsspec itself splits them ("" = local path).
+
+    Chained URLs (``simplecache::s3://b/k``) give one scheme per link.
+    """
+    links = str(uri).split("::")
+    out = []
+    for i, link in enumerate(links):
+        protocol, _ = split_protocol(link)
+        if protocol is None and i < len(links) - 1:
+            protocol = link  # "simplecache::..." names the layer alone
+        out.append((protocol or "").lower())
+    return out
+
+
+def check_scheme(uri: str, allowed_schemes: Iterable[str] = ALLOWED_SCHEMES) -> None:
+    """Raise ``StorageError`` unless every scheme of ``uri`` is allowed."""
+    allowed = {s.lower() for s in allowed_schemes}
+    for scheme in schemes_of(uri):
+        if scheme not in allowed:
+            shown = ", ".join(sorted(s or '"" (local path)' for s in allowed))
+            raise StorageError(f"scheme {scheme or 'local'!r} of {uri!r} is not allowed (allowed: {shown})")
+
+
+def key_problem(key: object) -> str | None:
+    """Why ``key`` is not a safe relative object key, or None when it is."""
+    if not isinstance(key, str):
+        return f"key must be a string, got {type(key).__name__}"
+    if not key:
+        return "empty key"
+    if "\x00" in key:
+        return "NUL byte in key"
+    if _CONTROL.search(key):
+        return "control character in key"
+    if "\\" in key:
+        return "backslash in key"
+    if "://" in key or "::" in key or _SCHEME_LIKE.match(key):
+        return "URL scheme or drive letter in key"
+    if key.startswith("/"):
+        return "absolute path"
+    if _GLOB & set(key):
+        return "glob character (*?[]) in key"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"key longer than {MAX_KEY_BYTES} bytes"
+    for seg in key.split("/"):
+        if seg in ("", ".", ".."):
+            return f"segment {seg!r} in key" if seg else "empty segment (//) or trailing slash"
+        if len(seg.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            return f"segment longer than {MAX_SEGMENT_BYTES} bytes"
+    return None
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if safe, else raise ``StorageError`` naming the problem."""
+    problem = key_problem(key)
+    if problem:
+        raise StorageError(f"unsafe key {key!r}: {problem}")
+    return key
+
+
+def safe_key(*parts: str) -> str:
+    """Join key parts with ``/``; every part may itself hold ``/`` but nothing that escapes.
+
+    ``safe_key("run-1", "images", "2020/a.jpg")`` -> ``"run-1/images/2020/a.jpg"``;
+    ``safe_key("out", "../x")`` raises ``StorageError``.
+    """
+    if not parts:
+        raise StorageError("safe_key needs at least one part")
+    for part in parts:
+        problem = key_problem(part)
+        if problem:
+            raise StorageError(f"unsafe key part {part!r}: {problem}")
+    return check_key("/".join(parts))
+
+
+def s3_options(storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``storage_options`` plus the endpoint from the environment when none is given."""
+    opts = dict(storage_options or {})
+    has_endpoint = "endpoint_url" in opts or "endpoint_url" in (opts.get("client_kwargs") or {})
+    endpoint = os.environ.get("STYLIZE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and not has_endpoint:
+        opts["endpoint_url"] = endpoint
+    return opts
+
+
+def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(filesystem, path)`` for ``uri``; S3 gets ``s3_options``. Raises ``StorageError``."""
+    schemes = schemes_of(uri)
+    opts = s3_options(storage_options) if schemes[-1] in ("s3", "s3a") else dict(storage_options or {})
+    try:
+        return fsspec.core.url_to_fs(uri, **opts)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open {uri!r}: {exc}") from None
+
+
+def read_source(
+    uri: str,
+    allowed_schemes: Iterable[str] = ALLOWED_SCHEMES,
+    storage_options: dict[str, Any] | None = None,
+) -> bytes:
+    """Bytes of a source object named by a manifest; the scheme must be allowed."""
+    check_scheme(uri, allowed_schemes)
+    fs, path = open_fs(uri, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise StorageError(f"not found: {uri}") from None
+    except IsADirectoryError:
+        raise StorageError(f"is a directory: {uri}") from None
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {uri}: {type(exc).__name__}: {exc}") from None
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+class Storage:
+    """Objects under ``root_uri``; keys are relative and checked by ``check_key``."""
+
+    def __init__(self, root_uri: str, storage_options: dict[str, Any] | None = None):
+        if not root_uri:
+            raise StorageError("empty storage root")
+        self.root_uri = root_uri.rstrip("/") or "/"
+        self.fs, root = open_fs(self.root_uri, storage_options)
+        self.root = root.rstrip("/")
+        self.local = is_local(self.fs)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.root_uri!r})"
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}"  # root "" is the filesystem root "/"
+
+    def uri(self, key: str) -> str:
+        """Full URI (or local path) of ``key``, in the form the root was given."""
+        return f"{self.root_uri.rstrip('/')}/{check_key(key)}"
+
+    def put(self, key: str, data: bytes) -> str:
+        """Write ``data`` at ``key`` atomically; returns ``uri(key)``."""
+        path = self._path(key)
+        try:
+            if self.local:
+                _atomic_local_write(path, data)
+            else:
+                self.fs.pipe_file(path, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        return self.uri(key)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise StorageError(f"not found: {self.uri(key)}") from None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+
+    def exists(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            return bool(self.fs.isfile(path))
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot check {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing one is not an error (deletes are retried)."""
+        path = self._path(key)
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys under the root that start with ``prefix`` (a string prefix, not only a folder)."""
+        if prefix and (prefix.startswith("/") or ".." in prefix.split("/") or "\\" in prefix or "://" in prefix):
+            raise StorageError(f"unsafe list prefix {prefix!r}")
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = f"{self.root}/{folder}".rstrip("/")
+        try:
+            self.fs.invalidate_cache(base)  # s3fs caches listings; a fresh put must show up
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot list {self.root_uri}/{folder}: {type(exc).__name__}: {exc}") from None
+        root = self.root + "/"
+        keys = []
+        for path in found:
+            if not path.startswith(root):
+                continue
+            key = path[len(root) :]
+            if key.startswith(prefix) and _TMP_MARK not in key.rsplit("/", 1)[-1]:
+                keys.append(key)
+        return sorted(keys)
+
+
+def _atomic_local_write(path: str, data: bytes) -> None:
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:100]}{_TMP_MARK}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the object should look like any written file
+        # no fsync: this guards readers against partial files, not the machine against power loss
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
