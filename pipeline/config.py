@@ -1,0 +1,254 @@
+"""Job configuration: one pydantic model, filled from YAML, then ``--set key=value``, then flags.
+
+The top-level keys of ``JobConfig`` are a contract: scheduled jobs keep YAML files with them, and
+``model_dump()`` goes into every run summary. Add keys; do not rename or remove them.
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from collections.abc import Sequence
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError, StorageError
+from pipeline.storage import ALLOWED_SCHEMES, check_scheme
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_SCHEME = re.compile(r"^[a-z0-9+.-]*$")
+_SECRET = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+
+
+class JobConfig(BaseModel):
+    """Everything a batch job needs; see ``configs/*.yaml`` for worked examples."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    manifest: str = Field(description="Parquet manifest (local path or s3://, gs:// URI); see `stylize manifest`.")
+    output: str = Field(description="Output root; images go to <output>/images/<image_id>.<format>.")
+    stylizer: str = Field("dumoulin", description="Registered model name (`stylize models list`).")
+    style: str = Field(
+        "0",
+        description='Style spec for every image: "starry.jpg", "starry.jpg:0.7,wave.jpg:0.3", "7" or "3:0.5,12:0.5".',
+    )
+    style_column: str | None = Field(None, description="Manifest column holding a per-image style spec.")
+    style_manifest: str | None = Field(
+        None, description="Manifest of style images; each content image gets one, sampled with style_seed."
+    )
+    style_seed: int = Field(0, ge=0, description="Seed of the per-image style sampling (style_manifest).")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="Style strength: 0 = content, 1 = full style.")
+    preserve_color: Literal["none", "luminance", "histogram"] = Field(
+        "none", description="Keep the content's colours: luminance-only transfer or histogram matching."
+    )
+    max_side: int | None = Field(
+        None, ge=16, le=32768, description="Downscale so the longer side is at most this many pixels (None: as is)."
+    )
+    encoder_weights: str = Field("auto", description="VGG encoder weight source for models that need one.")
+    weights: str | None = Field(None, description="Model checkpoint path/URI (None: the model's default).")
+    format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Output image format.")
+    quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
+    batch_size: int = Field(4, ge=1, le=1024, description="Images per model call on one actor.")
+    actors: int = Field(1, ge=1, le=4096, description="Stylizer actors (each holds a loaded model).")
+    gpus_per_actor: float = Field(0, ge=0, le=16, description="GPUs reserved per actor (fractions share a GPU).")
+    cpus_per_actor: float = Field(1, ge=0, le=256, description="CPUs reserved per actor.")
+    device: str = Field("auto", description='"auto" (cuda if the actor has a GPU), "cpu", "cuda", "cuda:N", "mps".')
+    metrics: bool = Field(True, description="Compute per-image quality metrics (costs a VGG pass).")
+    max_retries: int = Field(
+        2, ge=0, le=100, description="Retries of a failed batch before its rows are marked failed."
+    )
+    allowed_schemes: list[str] = Field(
+        default_factory=lambda: sorted(ALLOWED_SCHEMES),
+        description='URI schemes sources may use ("" = local path); add "http"/"https" only for trusted manifests.',
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://minio:9000} for S3."
+    )
+    seed: int = Field(0, ge=0, description="Seed for anything random in the job (sampling, tie-breaks).")
+
+    def __init__(self, **data: Any):
+        # direct construction reports like load_config does: one ConfigError line
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
+
+    @field_validator("manifest", "output", "stylizer", "encoder_weights")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    @field_validator("style", mode="before")
+    @classmethod
+    def _style_text(cls, v: Any) -> Any:
+        if isinstance(v, (bool, float)):
+            # unquoted YAML reads 3:0.5 as a base-60 number (180.5); refuse instead of guessing
+            raise ValueError('quote the style spec in YAML, e.g. style: "3:0.5" (it was read as a number)')
+        return str(v) if isinstance(v, int) else v
+
+    @field_validator("style")
+    @classmethod
+    def _style_spec(cls, v: str) -> str:
+        from pipeline.styles import split_spec  # styles pulls in torch; keep `import pipeline.config` light
+
+        try:
+            split_spec(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_alias(cls, v: Any) -> Any:
+        return "jpeg" if isinstance(v, str) and v.lower() == "jpg" else (v.lower() if isinstance(v, str) else v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError('must be "auto", "cpu", "mps", "cuda" or "cuda:N"')
+        return v
+
+    @field_validator("allowed_schemes")
+    @classmethod
+    def _schemes(cls, v: list[str]) -> list[str]:
+        out = sorted({s.strip().lower().removesuffix("://") for s in v})
+        bad = [s for s in out if not _SCHEME.match(s)]
+        if bad:
+            raise ValueError(f"not URI schemes: {bad}")
+        if not out:
+            raise ValueError("must allow at least one scheme")
+        return out
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobConfig:
+        if self.style_column and self.style_manifest:
+            raise ValueError("style_column and style_manifest are exclusive; choose one per-image style source")
+        for key in ("manifest", "output", "style_manifest"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            try:
+                check_scheme(value, self.allowed_schemes)
+            except StorageError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """``model_dump()`` with secret-looking ``storage_options`` values masked (for summaries, logs)."""
+
+        def mask(obj: Any) -> Any:
+            if isinstance(obj, dict):
+                return {k: ("***" if _SECRET.search(str(k)) else mask(v)) for k, v in obj.items()}
+            return obj
+
+        data = self.model_dump()
+        data["storage_options"] = mask(data["storage_options"])
+        return data
+
+
+def _one_line(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``key: reason (got value)``, all problems joined."""
+    known = list(JobConfig.model_fields)
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+            parts.append(f"{loc}: {msg}")
+            continue
+        if not err.get("loc"):  # a cross-field check: the message names the key, the input is everything
+            parts.append(msg)
+            continue
+        got = repr(err.get("input"))
+        parts.append(f"{loc}: {msg} (got {got[:80]})")
+    return "invalid job config: " + "; ".join(parts)
+
+
+def _is_text(annotation: Any) -> bool:
+    """True for str, Literal[str...] and their Optional forms: ``--set`` keeps those values verbatim."""
+    if annotation is str:
+        return True
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_is_text(a) for a in args)
+    return False
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set wants key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    path = [p.strip() for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set has an empty key in {item!r}")
+    field = JobConfig.model_fields.get(path[0])
+    if field is not None and len(path) == 1 and _is_text(field.annotation):
+        nullable = type(None) in get_args(field.annotation)
+        # a style like 3:0.5 would be a base-60 number as YAML; strings stay strings
+        return path, (None if nullable and raw.strip() in ("null", "~", "None", "") else raw)
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse {raw!r}: {exc}".replace("\n", " ")) from None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    from pipeline.storage import read_source
+
+    try:
+        text = read_source(path).decode("utf-8")
+    except StorageError as exc:
+        raise ConfigError(f"config file: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = (), **flags: Any) -> JobConfig:
+    """YAML file (optional), then ``--set key=value`` overrides, then the non-None ``flags``.
+
+    Override values are YAML scalars (``batch_size=8``, ``metrics=false``, ``max_side=null``)
+    except for text keys, which are kept verbatim (``style=3:0.5,12:0.5``). Dotted keys reach
+    into dicts: ``storage_options.endpoint_url=http://minio:9000``. Raises ``ConfigError``.
+    """
+    data: dict[str, Any] = _read_yaml(path) if path else {}
+    for item in overrides:
+        keys, value = _parse_override(item)
+        target = data
+        for k in keys[:-1]:
+            nxt = target.get(k)
+            if nxt is None:
+                nxt = target[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {'.'.join(keys)}: {k!r} is not a mapping")
+            target = nxt
+        target[keys[-1]] = value
+    for key, value in flags.items():
+        if value is not None:
+            data[key] = value
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
