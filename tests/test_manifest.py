@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline import manifest as m
-from pipeline.errors import ManifestError
+from pipeline.errors import ManifestError, StylizeError
 from pipeline.storage import check_key
 
 
@@ -235,3 +235,33 @@ def test_inspect(archive, tmp_path):
     assert info["total_bytes"] == sum(os.path.getsize(p) for p in m.read_manifest(str(out)).column("uri").to_pylist())
     assert info["dimensions"]["known"] == 51
     assert info["problems"] == []
+
+
+def test_cli_build_and_inspect(archive, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli.manifest import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli.parquet"
+    res = runner.invoke(app, ["build", str(archive), "--out", str(out), "--batch-rows", "7"])
+    assert res.exit_code == 0, res.output
+    assert "52 images" in res.output and "listed 54" in res.output
+    assert m.read_manifest(str(out)).num_rows == 52
+    res = runner.invoke(app, ["inspect", str(out)])
+    assert res.exit_code == 0 and "52" in res.output and ".webp 16" in res.output
+    res = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert res.exit_code == 0 and '"rows": 52' in res.output
+
+    lst = tmp_path / "l.csv"
+    lst.write_text("uri\n/x/a.jpg\nmemory://x.jpg\n")
+    res = runner.invoke(app, ["build", "--from-table", str(lst), "--out", str(tmp_path / "t.parquet")])
+    assert res.exit_code == 0 and "2 images" in res.output and "'memory' not allowed" in res.output
+    res = runner.invoke(app, ["build", "--from-table", str(lst), "--out", str(tmp_path / "t.parquet"),
+                              "--allow-scheme", "memory"])  # fmt: skip
+    assert res.exit_code == 0 and "not allowed" not in res.output
+
+    res = runner.invoke(app, ["build", str(archive), "--from-table", str(lst), "--out", str(tmp_path / "u.parquet")])
+    assert isinstance(res.exception, StylizeError) and "either SRC" in str(res.exception)
+    res = runner.invoke(app, ["build", str(tmp_path / "nope"), "--out", str(tmp_path / "u.parquet")])
+    assert isinstance(res.exception, ManifestError)
