@@ -198,17 +198,25 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         img.close()
 
 
-def read_image(path_or_uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Read and decode a local path or fsspec URI; raises ``DecodeError`` naming the URI."""
-    import fsspec
+def read_image(
+    path_or_uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, storage_options: dict | None = None
+) -> Decoded:
+    """Read and decode a local path or fsspec URI; raises ``DecodeError`` naming the URI.
+
+    For trusted paths (style images, CLI arguments): no scheme allow-list here. Manifest rows
+    go through ``storage.read_source`` (allow-listed) and ``decode_image`` instead.
+    """
+    from pipeline.storage import open_fs  # S3 endpoint options; storage never imports codec
 
     try:
-        with fsspec.open(path_or_uri, "rb") as f:
-            data = f.read()
+        fs, path = open_fs(path_or_uri, storage_options)
+        data = fs.cat_file(path)
     except FileNotFoundError:
         raise DecodeError(f"file not found: {path_or_uri}") from None
-    except (OSError, ValueError) as exc:
-        raise DecodeError(f"cannot read {path_or_uri}: {exc}") from None
+    except IsADirectoryError:
+        raise DecodeError(f"is a directory: {path_or_uri}") from None
+    except Exception as exc:  # StorageError, OSError, botocore errors: all mean "could not read"
+        raise DecodeError(f"cannot read {path_or_uri}: {type(exc).__name__}: {exc}") from None
     try:
         return decode_image(data, max_pixels=max_pixels)
     except DecodeError as exc:
