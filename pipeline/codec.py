@@ -23,12 +23,15 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from pipeline.errors import DecodeError, InputError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: manifest building and decoding never need it
+    import torch
 
 # "JPEG" also admits MPO, which many phone cameras write: Pillow's JPEG opener hands those out as MPO.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
@@ -241,6 +244,8 @@ def encode_image(array: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> byt
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """(H,W,3) uint8 -> (1,3,H,W) float32 in [0,1]."""
+    import torch
+
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise InputError(f"to_tensor wants (H,W,3) uint8, got {array.shape} {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
@@ -248,6 +253,8 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
 
 def to_array(tensor: torch.Tensor) -> np.ndarray:
     """(3,H,W) or (1,3,H,W) float in [0,1] -> (H,W,3) uint8."""
+    import torch
+
     t = tensor.detach().float().cpu()
     if t.dim() == 4:
         if t.shape[0] != 1:
