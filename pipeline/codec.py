@@ -193,10 +193,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         except Exception as exc:
             raise DecodeError(f"cannot convert {img.mode} to RGB: {type(exc).__name__}: {exc}") from None
         notes.extend(mode_notes)
-        array = np.asarray(rgb, dtype=np.uint8)
+        array = np.array(rgb, dtype=np.uint8)  # a writable copy; asarray would give a read-only view
         if array.ndim != 3 or array.shape[2] != 3:
             raise DecodeError(f"decoded to unexpected shape {array.shape}")
-        return Decoded(np.ascontiguousarray(array), "; ".join(notes))
+        return Decoded(array, "; ".join(notes))
     finally:
         img.close()
 
@@ -248,6 +248,8 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
 
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise InputError(f"to_tensor wants (H,W,3) uint8, got {array.shape} {array.dtype}")
+    if not array.flags.writeable:  # torch warns on read-only arrays even though .float() copies
+        array = array.copy()
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 

@@ -43,6 +43,7 @@ def test_plain_rgb_roundtrip(fmt):
     kw = {"quality": 100} if fmt in ("JPEG", "WEBP") else {}
     out = decode_image(_save(Image.fromarray(arr), fmt, **kw))
     assert out.array.shape == (32, 48, 3) and out.array.dtype == np.uint8
+    assert out.array.flags.writeable and out.array.flags.c_contiguous
     assert np.abs(out.array.astype(int) - arr).mean() < 3
     assert out.note == ""
 
@@ -231,3 +232,14 @@ def test_tensor_roundtrip_and_contracts():
         to_tensor(arr.astype(np.float32))
     with pytest.raises(InputError, match=r"\(2, 3, 4, 4\)"):
         to_array(torch.zeros(2, 3, 4, 4))
+
+
+def test_raised_max_pixels_has_no_pillow_warning_and_still_fails_cleanly():
+    import warnings
+
+    data = _png(12_000, 8_000, 8, 0, b"\x00")  # above Pillow's warning size, with almost no pixel data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DecodeError, match="truncated|corrupt"):
+            decode_image(data, max_pixels=100_000_000)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
