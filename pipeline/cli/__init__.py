@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from pipeline.cli import bench, image, jobs, manifest, models, report, train
+from pipeline.cli import bench, gallery, image, jobs, manifest, models, report, train
 from pipeline.errors import StylizeError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ jobs.attach(app)  # run, submit, status, logs, stop, demo
 app.command("report")(report.report)
 app.add_typer(bench.app, name="bench")
 app.add_typer(train.app, name="train")
+app.command("gallery")(gallery.gallery)
 
 
 def main() -> None:
