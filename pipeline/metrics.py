@@ -1,0 +1,226 @@
+"""Per-image metric rows, optional quality metrics, and the run summary.
+
+Every manifest row becomes exactly one metrics row (``status`` ok or failed). Quality metrics
+are measured with the shared VGG (``pipeline.models.vgg``) on a copy downscaled to at most
+``QUALITY_SIDE`` px so a 40-megapixel photo costs the same as a thumbnail:
+
+- ``style_distance``: mean over relu1_1..relu4_1 of ``||G(out) - G(style)||_F / ||G(style)||_F``
+  (Gram matrices; the target of a mix is the weighted mean of the styles' Grams). Index and
+  fixed-style networks have no style image, so it is null for them.
+- ``content_distance``: ``||F(out) - F(content)||_2 / ||F(content)||_2`` at relu4_1.
+- ``colour_distance``: Euclidean distance between the per-channel RGB mean and std (6 numbers,
+  [0,1] units) of output and content; near 0 means the photo's colours were kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from pipeline.models.base import Style
+
+QUALITY_SIDE = 512
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+CONTENT_LAYER = "relu4_1"
+
+METRICS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("shard", pa.int64()),
+        ("row", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("output_uri", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("out_width", pa.int64()),
+        ("out_height", pa.int64()),
+        ("stylizer", pa.string()),
+        ("style", pa.string()),
+        ("note", pa.string()),
+        ("seconds_decode", pa.float64()),
+        ("seconds_stylize", pa.float64()),
+        ("seconds_encode", pa.float64()),
+        ("style_distance", pa.float64()),
+        ("content_distance", pa.float64()),
+        ("colour_distance", pa.float64()),
+        ("finished_at", pa.float64()),
+    ]
+)
+COLUMNS = tuple(METRICS_SCHEMA.names)
+QUALITY_COLUMNS = ("style_distance", "content_distance", "colour_distance")
+
+
+def _clean(value: Any, typ: pa.DataType) -> Any:
+    """Intermediate batches use "" and NaN for 'none' (stable Arrow types); the file uses nulls."""
+    if value is None:
+        return None
+    if pa.types.is_string(typ):
+        return str(value) or None
+    if pa.types.is_integer(typ):
+        v = float(value)
+        return None if v != v or v < 0 else int(v)
+    v = float(value)
+    return None if v != v else v
+
+
+def to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Metric row dicts -> a table with exactly ``METRICS_SCHEMA`` (extra keys dropped, missing ones null)."""
+    rows = list(rows)
+    arrays = [pa.array([_clean(r.get(f.name), f.type) for r in rows], type=f.type) for f in METRICS_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=METRICS_SCHEMA)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def read_table(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data))
+
+
+# --- quality --------------------------------------------------------------------------------------
+
+
+def _downscale(x: Tensor, side: int = QUALITY_SIDE) -> Tensor:
+    h, w = x.shape[-2:]
+    if max(h, w) <= side:
+        return x
+    scale = side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def colour_distance(out: Tensor, content: Tensor) -> float:
+    """Distance between per-channel RGB (mean, std) of two (1,3,H,W) images in [0,1]."""
+
+    def stats(x: Tensor) -> Tensor:
+        flat = x.reshape(3, -1).double()
+        return torch.cat([flat.mean(1), flat.std(1, unbiased=False)])
+
+    return float((stats(out) - stats(content)).norm())
+
+
+class QualityScorer:
+    """Quality metrics on a device, with the VGG loaded once and style Grams cached per style spec."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        self.encoder = encoder
+        self.device = next(encoder.parameters()).device
+        self._style_grams: dict[str, list[Tensor] | None] = {}
+
+    @classmethod
+    def load(cls, source: str | None, device: str | torch.device = "cpu") -> QualityScorer:
+        from pipeline.models.vgg import load_encoder
+
+        return cls(load_encoder(source or "auto", last=CONTENT_LAYER, device=device))
+
+    def _features(self, x: Tensor) -> dict[str, Tensor]:
+        return self.encoder(_downscale(x.to(self.device)), layers=STYLE_LAYERS)
+
+    def _grams(self, spec: str, styles: Sequence[Style]) -> list[Tensor] | None:
+        from pipeline.models.base import normalized_weights
+        from pipeline.models.vgg import gram
+
+        if spec not in self._style_grams:
+            if any(s.image is None for s in styles):
+                self._style_grams[spec] = None
+            else:
+                weights = normalized_weights(list(styles))
+                total: list[Tensor] = []
+                for s, w in zip(styles, weights, strict=True):
+                    img = s.image if s.image.dim() == 4 else s.image.unsqueeze(0)
+                    feats = self._features(img.float())
+                    g = [gram(feats[n]) * w for n in STYLE_LAYERS]
+                    total = g if not total else [a + b for a, b in zip(total, g, strict=True)]
+                self._style_grams[spec] = total
+        return self._style_grams[spec]
+
+    @torch.no_grad()
+    def score(self, out: Tensor, content: Tensor, spec: str, styles: Sequence[Style]) -> dict[str, float]:
+        """``out`` and ``content``: (1,3,H,W) in [0,1] (sizes may differ). Returns the quality columns."""
+        from pipeline.models.vgg import gram
+
+        f_out, f_content = self._features(out), self._features(content)
+        a, b = f_out[CONTENT_LAYER], f_content[CONTENT_LAYER]
+        if a.shape != b.shape:
+            a = torch.nn.functional.interpolate(a, size=b.shape[-2:], mode="bilinear", align_corners=False)
+        result = {
+            "content_distance": float((a - b).norm() / b.norm().clamp_min(1e-8)),
+            "colour_distance": colour_distance(out.cpu(), content.cpu()),
+            "style_distance": float("nan"),
+        }
+        targets = self._grams(spec, styles)
+        if targets is not None:
+            dists = [
+                float((gram(f_out[n]) - t).norm() / t.norm().clamp_min(1e-12))
+                for n, t in zip(STYLE_LAYERS, targets, strict=True)
+            ]
+            result["style_distance"] = sum(dists) / len(dists)
+        return result
+
+
+# --- summary --------------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import PIL
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyarrow": pa.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+    }
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # the summary is also written by ray-less tools
+        pass
+    return out
+
+
+def summarize(
+    table: pa.Table, *, config: dict[str, Any], wall_seconds: float, processed: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``_SUCCESS`` document: counts over all metrics rows, throughput of this run's ``processed`` rows."""
+    status = table.column("status").to_pylist() if table.num_rows else []
+    ok = sum(s == "ok" for s in status)
+    failed = sum(s == "failed" for s in status)
+    summary: dict[str, Any] = {
+        "rows": table.num_rows,
+        "ok": ok,
+        "failed": failed,
+        "processed_this_run": processed,
+        "wall_seconds": round(wall_seconds, 3),
+        "images_per_second": round(processed / wall_seconds, 4) if wall_seconds > 0 else None,
+        "finished_at": time.time(),
+        "config": config,
+        "versions": versions(),
+    }
+    if table.num_rows:
+        for col in ("seconds_decode", "seconds_stylize", "seconds_encode", *QUALITY_COLUMNS):
+            vals = [v for v in table.column(col).to_pylist() if v is not None]
+            if vals:
+                summary[f"mean_{col}"] = sum(vals) / len(vals)
+    summary.update(extra or {})
+    return summary
+
+
+def summary_bytes(summary: dict[str, Any]) -> bytes:
+    return json.dumps(summary, indent=2, sort_keys=True, default=str).encode()

@@ -1,0 +1,81 @@
+"""Fast stylizers for the batch-pipeline tests, registered on import.
+
+Ray workers import this module through ``STYLIZE_PLUGINS=tests.pipeline_fakes`` (see
+``pipeline.worker.import_plugins``); the repo root is on their ``PYTHONPATH``.
+
+- ``test-invert``: index styles; output ``1 - x``.
+- ``test-crashy``: like ``test-invert`` but kills its process when a batch holds a pure magenta
+  image, the stand-in for an input that segfaults a native library.
+- ``test-tint``: image styles (``tests.fakes.TintStylizer``), for quality metrics and style sampling.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from pipeline.errors import ModelNotFound
+from pipeline.models.base import Style, Stylizer
+from pipeline.models.registry import ModelCard, get_card, register
+from tests.fakes import TintStylizer
+
+PLUGIN = "tests.pipeline_fakes"
+
+
+class InvertStylizer(Stylizer):
+    name = "test-invert"
+    family = "test"
+    style_kind = "index"
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        return alpha * (1 - content) + (1 - alpha) * content
+
+
+class CrashyStylizer(InvertStylizer):
+    name = "test-crashy"
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        for img in content:
+            if img[0].min() > 0.99 and img[1].max() < 0.01 and img[2].min() > 0.99:
+                os._exit(3)
+        return super().transfer(content, styles, alpha=alpha, masks=masks)
+
+
+def _register(name: str, cls: type[Stylizer], style_kind: str) -> None:
+    try:
+        get_card(name)
+        return
+    except ModelNotFound:
+        pass
+    register(
+        ModelCard(
+            name=name,
+            family="test",
+            paper="test double",
+            style_kind=style_kind,  # type: ignore[arg-type]
+            weight_sources=(),
+            preprocessing="none",
+            factory=lambda **_: cls(),
+        )
+    )
+
+
+_register("test-invert", InvertStylizer, "index")
+_register("test-crashy", CrashyStylizer, "index")
+_register("test-tint", TintStylizer, "image")
+
+
+class SlowStylizer(InvertStylizer):
+    """``test-invert`` that takes 0.4 s per batch, so a test can kill a job between shards."""
+
+    name = "test-slow"
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        import time
+
+        time.sleep(0.4)
+        return super().transfer(content, styles, alpha=alpha, masks=masks)
+
+
+_register("test-slow", SlowStylizer, "index")

@@ -1,0 +1,174 @@
+"""The Ray Data plan on an embedded local Ray: end to end, resume after a kill, crashes, S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import runner
+from pipeline.errors import JobError
+from pipeline.storage import Storage
+from tests.pipeline_fakes import PLUGIN
+from tests.pipeline_helpers import (
+    bad_corpus,
+    encode,
+    files_under,
+    job_config,
+    magenta,
+    photo,
+    write_inputs,
+    write_manifest,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STYLIZE_PLUGINS", PLUGIN)
+    mp.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    runner.ensure_ray()
+    yield
+    ray.shutdown()
+    mp.undo()
+
+
+def metrics_rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "metrics").to_pylist() if (out / "metrics").exists() else []
+
+
+def test_end_to_end_bad_inputs_attacks_and_rerun(tmp_path: Path) -> None:
+    corpus = bad_corpus()
+    files = {k: v[0] for k, v in corpus.items()}
+    files.update({f"photo{i}": encode(photo((40, 30) if i % 2 else (30, 44), seed=i)) for i in range(5)})
+    paths = write_inputs(tmp_path / "in", files)
+    rows = list(paths.items()) + [("../../escape", paths["photo0"]), ("meta", "http://169.254.169.254/x")]
+    styles = [str(i % 3) for i in range(len(rows))]
+    manifest = write_manifest(tmp_path / "m.parquet", rows, style=styles)
+    out = tmp_path / "out"
+    config = job_config(manifest, out, batch_size=2, style_column="style")
+
+    summary = runner.run(config, shard_rows=4)
+
+    got = metrics_rows(out)
+    assert sorted(r["image_id"] for r in got) == sorted(r[0] for r in rows)  # exactly one row each
+    by_id = {r["image_id"]: r for r in got}
+    for name, (_, expected) in corpus.items():
+        assert by_id[name]["status"] == expected, (name, by_id[name]["error"])
+    for i, (image_id, _) in enumerate(rows):
+        assert by_id[image_id]["style"] == styles[i]
+    assert by_id["../../escape"]["status"] == by_id["meta"]["status"] == "failed"
+    ok = [r for r in got if r["status"] == "ok"]
+    assert summary["rows"] == len(rows) and summary["ok"] + summary["failed"] == summary["rows"]
+    assert summary["ok"] == len(ok) == 5 + 5
+    images = {p for p in files_under(out) if p.startswith("images/")}
+    assert images == {f"images/{r['image_id']}.png" for r in ok}
+    assert {p for p in files_under(tmp_path) if not p.startswith(("in/", "out/"))} == {"m.parquet"}
+    assert json.loads((out / "_SUCCESS").read_text())["ok"] == len(ok)
+    assert len(list((out / "metrics").glob("shard-*.parquet"))) == 4
+
+    # a rerun finds every shard committed and touches nothing
+    stamps = {p: (out / p).stat().st_mtime_ns for p in files_under(out)}
+    again = runner.run(config)
+    assert again["rows"] == len(rows)
+    assert {p: (out / p).stat().st_mtime_ns for p in files_under(out)} == stamps
+
+    # the same output with another manifest is refused, not mixed
+    other = write_manifest(tmp_path / "other.parquet", rows[:3])
+    with pytest.raises(JobError, match="different manifest"):
+        runner.run(job_config(other, out))
+
+
+KILL_SCRIPT = """
+import sys
+from pipeline import runner
+from tests.pipeline_helpers import job_config
+runner.run(job_config(sys.argv[1], sys.argv[2], stylizer="test-slow", batch_size=2), shard_rows=2)
+"""
+
+
+@pytest.mark.slow
+def test_killed_job_reruns_to_exactly_one_row_per_input(tmp_path: Path) -> None:
+    paths = write_inputs(tmp_path / "in", {f"p{i:02d}": encode(photo((32, 32), seed=i)) for i in range(16)})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STYLIZE_PLUGINS": PLUGIN}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(manifest), str(out)],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,  # its embedded Ray lives in this process group: kill them all at once
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "metrics" / "shard-00000.parquet").exists():
+            assert proc.poll() is None, "the job ended before its first shard committed"
+            assert time.monotonic() < deadline, "no shard committed in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "_SUCCESS").exists()
+    committed = len(list((out / "metrics").glob("shard-*.parquet")))
+    assert 1 <= committed < 8
+
+    summary = runner.run(job_config(manifest, out, stylizer="test-invert", batch_size=2))
+
+    got = metrics_rows(out)
+    ids = [r["image_id"] for r in got]
+    assert len(ids) == len(set(ids)) == 16 and set(ids) == set(paths)
+    assert summary["rows"] == summary["ok"] == 16
+    assert summary["processed_this_run"] == 16 - 2 * committed  # committed shards were skipped
+    assert {p for p in files_under(out) if p.startswith("images/")} == {f"images/{i}.png" for i in paths}
+    assert not [p for p in files_under(out) if p.startswith("_attempts/")]
+
+
+@pytest.mark.slow
+def test_an_input_that_crashes_the_worker_is_retried_then_failed(tmp_path: Path) -> None:
+    files = {"good0": encode(photo(seed=0)), "poison": magenta(), "good1": encode(photo(seed=1))}
+    paths = write_inputs(tmp_path / "in", files)
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    out = tmp_path / "out"
+    summary = runner.run(job_config(manifest, out, stylizer="test-crashy", batch_size=4, max_retries=1))
+    by_id = {r["image_id"]: r for r in metrics_rows(out)}
+    assert by_id["poison"]["status"] == "failed"
+    assert "crashed the worker" in by_id["poison"]["error"]
+    assert by_id["good0"]["status"] == by_id["good1"]["status"] == "ok"
+    assert summary["rows"] == 3 and summary["failed"] == 1
+
+
+@pytest.mark.slow
+def test_s3_end_to_end(tmp_path: Path) -> None:
+    from tests.s3server import create_bucket, s3_server
+
+    with s3_server() as endpoint:
+        create_bucket(endpoint, "photos")
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        source = Storage("s3://photos/in", options)
+        rows = []
+        for i in range(3):
+            source.put(f"p{i}.png", encode(photo((36, 28), seed=i)))
+            rows.append((f"p{i}", f"s3://photos/in/p{i}.png"))
+        rows.append(("missing", "s3://photos/in/missing.png"))
+        manifest = write_manifest(tmp_path / "m.parquet", rows)
+        config = job_config(manifest, "s3://photos/out", storage_options=options, batch_size=2)
+        summary = runner.run(config, shard_rows=2)
+        assert (summary["ok"], summary["failed"]) == (3, 1)
+        store = Storage("s3://photos/out", options)
+        keys = store.list("")
+        assert {k for k in keys if k.startswith("images/")} == {f"images/p{i}.png" for i in range(3)}
+        assert {"_SUCCESS", "metrics/shard-00000.parquet", "metrics/shard-00001.parquet"} <= set(keys)
+        assert not [k for k in keys if k.startswith("_attempts/")]
