@@ -131,7 +131,8 @@ class AdaIN(Stylizer):
     multiple = 8
     native_masks = True
     native_mixing = True
-    min_px = 16
+    # relu4_1 needs >= 2 px after three ceil-mode pools for its reflection pad: 9 -> 5 -> 3 -> 2
+    min_px = 9
 
     def __init__(self, encoder: vgg.VGGEncoder, decoder: nn.Sequential) -> None:
         super().__init__()

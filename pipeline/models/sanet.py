@@ -118,7 +118,8 @@ class SANet(Stylizer):
     multiple = 16
     native_masks = True
     native_mixing = True
-    min_px = 32
+    # relu5_1 needs >= 2 px after four ceil-mode pools for its reflection pad: 17 -> 9 -> 5 -> 3 -> 2
+    min_px = 17
 
     def __init__(self, encoder: vgg.VGGEncoder, transform: Transform, decoder: nn.Sequential) -> None:
         super().__init__()
