@@ -212,6 +212,14 @@ def test_odd_size_batch_contract(family, dumoulin, ghiasi):
     assert (out - content).abs().mean() > 0.02  # it did stylize
 
 
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (4, 9)])
+def test_tiny_images_keep_their_size(dumoulin, ghiasi, size):
+    content = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        assert dumoulin(content, [Style(index=2)]).shape == content.shape
+        assert ghiasi(content, [Style(image=torch.rand(1, 3, 20, 30))]).shape == content.shape
+
+
 def test_cache_written_with_metadata_then_reused_without_onnx(cache, dumoulin, ghiasi, monkeypatch):
     from safetensors import safe_open
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from pipeline.errors import WeightsError
 from pipeline.models import onnx_port
 from pipeline.models.base import Style, Stylizer, normalized_weights
+from pipeline.models.dumoulin import instance_norm_affine, run_min_size
 from pipeline.models.registry import ModelCard, register
 from pipeline.models.weights import load_into, load_state_dict
 
@@ -113,9 +114,7 @@ class StyleNorm(nn.Module):
 
     def forward(self, x: Tensor, v: Tensor) -> Tensor:
         v = v[:, :, None, None]
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        var = (x - mean).square().mean(dim=(2, 3), keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.gamma(v) + self.beta(v)
+        return instance_norm_affine(x, self.gamma(v), self.beta(v), self.eps)
 
 
 class ReflectConv(nn.Conv2d):
@@ -201,7 +200,7 @@ class Ghiasi(Stylizer):
         vec = vec.expand(content.shape[0], -1)
         if alpha < 1.0:
             vec = alpha * vec + (1.0 - alpha) * self.style_vectors(content)
-        return self.transformer(content, vec)
+        return run_min_size(self.transformer, content, vec).contiguous()
 
 
 _ONNX_KEYS = [
@@ -263,7 +262,8 @@ def load_state(weights: str | None = None) -> dict[str, Tensor]:
 def create_ghiasi(weights: str | None = None, device: str | torch.device = "cpu", **_: Any) -> Ghiasi:
     model = Ghiasi()
     load_into(model, load_state(weights), what="ghiasi")
-    return model.to(device).eval()
+    # channels_last weights make the convs pick faster kernels (~25% on CPU at 512x512)
+    return model.to(device=device, memory_format=torch.channels_last).eval()
 
 
 register(
