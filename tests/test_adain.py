@@ -200,3 +200,26 @@ def test_missing_and_wrong_layouts_raise_one_line(published, tmp_path):
     with pytest.raises(WeightsError, match=r"decoder\.\*") as err:
         create("adain", weights=str(tmp_path / "x.safetensors"))
     assert one_line(err.value)
+
+
+def test_uri_prefix_with_optional_encoder(published, tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path))
+    fs = fsspec.filesystem("memory")
+    for name in ("decoder.pth", "vgg_normalised.pth"):
+        fs.pipe(f"/stylize-test/adain/{name}", (published[0] / name).read_bytes())
+    model = create("adain", weights="memory://stylize-test/adain/")
+    assert model.encoder.source.endswith("encoder")  # vgg_normalised.pth found next to the decoder
+    content, style = smooth_image(13, 32, 32), red_smooth_style(32, 32)
+    assert model(content, [Style(image=style)]).shape == content.shape
+    fs.rm("/stylize-test/adain", recursive=True)
+
+
+def test_explicit_encoder_weights_for_a_bare_decoder(published, tmp_path):
+    (tmp_path / "decoder.pth").write_bytes((published[0] / "decoder.pth").read_bytes())
+    model = create("adain", weights=str(tmp_path), encoder_weights=str(published[0] / "vgg_normalised.pth"))
+    _, enc, dec = published
+    content, style = smooth_image(14, 32, 40), blue_stripes_style(32, 32)
+    ref = reference(enc, dec, content, style).clamp(0, 1)
+    assert (model(content, [Style(image=style)]) - ref).abs().max().item() < 1e-4

@@ -32,7 +32,7 @@ from pipeline.errors import ConfigError, InputError, WeightsError
 from pipeline.models import vgg
 from pipeline.models.base import Style, Stylizer, normalized_weights
 from pipeline.models.registry import ModelCard, register
-from pipeline.models.weights import cache_dir, load_state_dict, local_path, read_metadata
+from pipeline.models.weights import cache_dir, load_state_dict, local_path, read_metadata, split_sha256
 
 RELEASE_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
 DECODER_CONVS = (1, 5, 8, 11, 14, 18, 21, 25, 28)
@@ -215,7 +215,7 @@ def read_checkpoint(weights: str | None, *, family: str, files: dict[str, str], 
         if weights is None:
             raise WeightsError(help_text.format(where=default_dir(family)))
     weights = str(weights)
-    if weights.endswith(".safetensors"):
+    if split_sha256(weights)[0].endswith(".safetensors"):
         state = load_state_dict(weights)
         parts = {p: _strip(state, p + ".") for p in files}
         empty = [p for p, s in parts.items() if not s]
