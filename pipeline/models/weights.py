@@ -16,7 +16,8 @@ from torch import Tensor
 
 from pipeline.errors import WeightsError
 
-SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# .model and .pth.tar are what pytorch/examples and pytorch-AdaIN training scripts save
+SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".model", ".tar")
 
 
 def cache_dir() -> Path:
