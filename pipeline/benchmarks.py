@@ -108,3 +108,19 @@ def bench_models(
             reps = 1 if not card.feed_forward or size >= 1024 else repeats
             per_image = time_stylizer(model, styles, size, batch=batch, repeats=reps, warmup=0 if reps == 1 else 1)
             yield BenchRow(name, size, batch, 1 / per_image, per_image, str(device), weights, note)
+
+
+def random_init(name: str) -> Stylizer:
+    """The named feed-forward family with random weights in its published architecture (speed only)."""
+    from pipeline.models import adain, johnson, sanet, vgg, wct
+
+    if name == "johnson":
+        return johnson.Johnson(johnson.TransformerNet())
+    encoder = vgg.VGGEncoder("vgg19", last="relu5_1" if name == "sanet" else "relu4_1", padding="reflect")
+    if name == "adain":
+        return adain.AdaIN(encoder, adain.build_decoder())
+    if name == "wct":
+        return wct.WCT(encoder, adain.build_decoder())
+    if name == "sanet":
+        return sanet.SANet(encoder, sanet.Transform(), adain.build_decoder())
+    raise WeightsError(f"no random-weight variant of {name}")
