@@ -147,18 +147,24 @@ def ensure_ray(address: str | None = None) -> bool:
     """Connect to ``address`` / ``$RAY_ADDRESS`` or start an embedded local Ray; True if started here."""
     import ray
 
+    from pipeline.submit import EXCLUDES
+
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    # Ray workers start in a session directory: make this package importable there too
-    path = os.pathsep.join(p for p in (repo_root(), os.environ.get("PYTHONPATH", "")) if p)
-    env = {"PYTHONPATH": path}
+    env = {}
     if os.environ.get(worker.PLUGINS_ENV):
         env[worker.PLUGINS_ENV] = os.environ[worker.PLUGINS_ENV]
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # inside `ray job submit`: the job's runtime_env already ships this code to the workers
+        ray.init(address=address or None, log_to_driver=False)
+    elif address:
+        runtime_env = {"working_dir": repo_root(), "excludes": EXCLUDES, "env_vars": env}
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        # Ray workers start in a session directory: make this package importable there too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root(), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
             num_cpus=os.cpu_count() or 2,
             include_dashboard=False,

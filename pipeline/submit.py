@@ -47,6 +47,23 @@ def runtime_env(working_dir: str | None = None, env_vars: dict[str, str] | None 
     return {"working_dir": root, "excludes": EXCLUDES, "env_vars": env}
 
 
+def _token_auth_if_available() -> None:
+    """Send the Ray auth token when one exists (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN[_PATH]``).
+
+    Ray 2.60 clusters enable token auth by default, but its client sends the token only in token
+    mode; this switches this process to token mode when a token is there and no mode was chosen.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray release: leave authentication to the user's environment
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def client(address: str | None = None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
@@ -54,6 +71,7 @@ def client(address: str | None = None) -> Any:
     if not address.startswith(("http://", "https://")):
         # RAY_ADDRESS may be a GCS address (ray://, host:6379); the Jobs API speaks HTTP
         raise JobError(f"the Ray Jobs API needs the dashboard's http://HOST:8265 address, got {address!r}")
+    _token_auth_if_available()
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, version mismatch...

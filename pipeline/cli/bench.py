@@ -2,6 +2,122 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
 app = typer.Typer(help="bench", no_args_is_help=True)
+
+
+def _bench_photos(folder: Path, n: int, size: int) -> list[tuple[str, str]]:
+    """``n`` distinct size x size JPEGs cut from scikit-image's sample photos; returns (image_id, path)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        img = Image.fromarray(np.ascontiguousarray(sources[i % len(sources)][..., :3]))
+        w, h = img.size
+        crop = min(w, h) * (0.7 + 0.3 * ((i // len(sources)) % 4) / 3)  # vary the crop so images differ
+        box = (int((w - crop) / 2), int((h - crop) / 2), int((w + crop) / 2), int((h + crop) / 2))
+        tile = img.crop(box).resize((size, size), Image.Resampling.BICUBIC)
+        if (i // len(sources)) % 2:
+            tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path = folder / f"bench{i:04d}.jpg"
+        tile.save(path, quality=92)
+        rows.append((path.stem, str(path)))
+    return rows
+
+
+def _model_only(config: Any, paths: list[str], repeats: int) -> float:
+    """Images/s of the stylizer alone (same code path as the actors) on pre-decoded tensors."""
+    import torch
+
+    from pipeline.codec import decode_image, to_tensor
+    from pipeline.worker import Stylist
+
+    stylist = Stylist(config, threads=os.cpu_count() or 1)
+    tensors = [to_tensor(decode_image(Path(p).read_bytes()).array) for p in paths]
+    styles = stylist.styles(config.style)
+    bs = config.batch_size
+    batches = [torch.cat(tensors[i : i + bs]) for i in range(0, len(tensors), bs)]
+    stylist._run(batches[0], styles)  # warm-up: allocator, first-call kernels
+    start = time.perf_counter()
+    done = 0
+    for _ in range(repeats):
+        for batch in batches:
+            stylist._run(batch, styles)
+            done += batch.shape[0]
+    return done / (time.perf_counter() - start)
+
+
+@app.command("pipeline")
+def pipeline_bench(
+    images: Annotated[int, typer.Option(help="How many photos to push through the job.")] = 48,
+    size: Annotated[int, typer.Option(help="Side of the square test photos (px).")] = 512,
+    stylizer: Annotated[str, typer.Option(help="Registered stylizer.")] = "dumoulin",
+    style: Annotated[str, typer.Option(help="Style spec.")] = "3",
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 4,
+    workdir: Annotated[Path | None, typer.Option(help="Keep inputs and outputs here (default: a temp dir).")] = None,
+) -> None:
+    """End-to-end images/s (manifest to storage, local Ray) vs model-only images/s; prints JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import runner
+    from pipeline.config import JobConfig
+
+    with tempfile.TemporaryDirectory(prefix="stylize-bench-") as tmp:
+        root = Path(workdir or tmp)
+        rows = _bench_photos(root / "inputs", images, size)
+        manifest = root / "manifest.parquet"
+        sizes = [Path(p).stat().st_size for _, p in rows]
+        pq.write_table(
+            pa.table({"image_id": [r[0] for r in rows], "uri": [r[1] for r in rows], "size_bytes": sizes}), manifest
+        )
+        output = root / f"output-{int(time.time())}"
+        config = JobConfig(
+            manifest=str(manifest),
+            output=str(output),
+            stylizer=stylizer,
+            style=style,
+            batch_size=batch_size,
+            metrics=False,
+            format="jpeg",
+            device="cpu",
+        )
+        model_ips = _model_only(config, [p for _, p in rows], repeats=1)
+        runner.ensure_ray()  # cluster start-up is not part of a job's throughput
+        start = time.perf_counter()
+        summary = runner.run(config)
+        wall = time.perf_counter() - start
+        table = pq.read_table(output / "metrics")
+        finished = sorted(table.column("finished_at").to_pylist())
+        # steady state: from the first finished batch to the last (excludes actor start-up)
+        steady = (len(finished) - batch_size) / (finished[-1] - finished[batch_size - 1]) if images > batch_size else 0
+        e2e_ips = images / wall
+        result = {
+            "stylizer": stylizer,
+            "style": style,
+            "images": images,
+            "size": size,
+            "batch_size": batch_size,
+            "cpus": os.cpu_count(),
+            "model_only_images_per_s": round(model_ips, 3),
+            "end_to_end_images_per_s": round(e2e_ips, 3),
+            "ratio": round(e2e_ips / model_ips, 3),
+            "steady_state_images_per_s": round(steady, 3),
+            "steady_state_ratio": round(steady / model_ips, 3),
+            "end_to_end_wall_s": round(wall, 2),
+            "ok": summary["ok"],
+            "failed": summary["failed"],
+        }
+    typer.echo(json.dumps(result, indent=2))

@@ -1,0 +1,154 @@
+"""The Ray Jobs API client: deterministic ids, the entrypoint round trip, and a real local cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from jobs.run_job import parse_config
+from pipeline import submit
+from pipeline.cli import app
+from pipeline.config import JobConfig
+from pipeline.errors import JobError
+from tests.pipeline_fakes import PLUGIN
+from tests.pipeline_helpers import encode, photo, write_inputs, write_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_submission_id_is_derived_from_the_config() -> None:
+    a = JobConfig(manifest="m.parquet", output="out", style="3")
+    b = JobConfig(manifest="m.parquet", output="out", style="3")
+    c = JobConfig(manifest="m.parquet", output="out", style="4")
+    assert submit.submission_id(a) == submit.submission_id(b) != submit.submission_id(c)
+    assert submit.submission_id(a).startswith("stylize-")
+
+
+def test_entrypoint_round_trips_the_config() -> None:
+    config = JobConfig(manifest="s3://b/m.parquet", output="s3://b/out", style="3:0.5,12:0.5", batch_size=8)
+    argv = submit.entrypoint(config, python="py").split()
+    assert argv[:4] == ["py", "-m", "jobs.run_job", "--config-b64"]
+    assert parse_config(argv[3:]) == config
+    assert parse_config([*argv[3:], "--set", "batch_size=2"]).batch_size == 2
+
+
+def test_runtime_env_ships_the_code_but_not_the_venv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STYLIZE_PLUGINS", PLUGIN)
+    env = submit.runtime_env()
+    assert (Path(env["working_dir"]) / "pipeline" / "runner.py").is_file()
+    assert (Path(env["working_dir"]) / "jobs" / "run_job.py").is_file()
+    assert ".venv" in env["excludes"] and ".git" in env["excludes"]
+    assert env["env_vars"]["STYLIZE_PLUGINS"] == PLUGIN
+
+
+def test_jobs_api_needs_the_dashboard_http_address() -> None:
+    with pytest.raises(JobError, match="8265"):
+        submit.client("127.0.0.1:6379")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``ray start --head`` on 127.0.0.1, in its own process group so teardown stops exactly it.
+
+    (``ray stop`` would also stop every other Ray on the machine, e.g. another test module's.)
+    """
+    port, dashboard = _free_port(), _free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        os.path.join(bin_dir, "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        "--block",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, "ray start exited"
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=5):
+                    break
+            except urllib.error.HTTPError:
+                break  # 401: up, with token auth (Ray's default); the client sends ~/.ray/auth_token
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+            time.sleep(1)
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_submit_to_a_local_cluster(ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STYLIZE_PLUGINS", PLUGIN)
+    paths = write_inputs(tmp_path / "in", {f"p{i}": encode(photo(seed=i)) for i in range(3)})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    config_path = tmp_path / "job.yaml"
+    out = tmp_path / "out"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "manifest": str(manifest),
+                "output": str(out),
+                "stylizer": "test-invert",
+                "style": "1",
+                "format": "png",
+                "metrics": False,
+            }
+        )
+    )
+    cli = CliRunner()
+    args = ["submit", str(config_path), "--address", ray_head, "--python", sys.executable, "--wait"]
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    job_id = submit.submission_id(JobConfig(**yaml.safe_load(config_path.read_text())))
+    assert f"submitted {job_id}" in result.output and f"{job_id} SUCCEEDED" in result.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert json.loads((out / "_SUCCESS").read_text())["ok"] == 3
+
+    again = cli.invoke(app, args[:-1])  # same config, same id: nothing new starts
+    assert again.exit_code == 0 and f"already submitted {job_id}" in again.output
+
+    status = cli.invoke(app, ["status", job_id, "--address", ray_head])
+    assert status.exit_code == 0 and json.loads(status.output)["status"] == "SUCCEEDED"
+    logs = cli.invoke(app, ["logs", job_id, "--address", ray_head])
+    assert logs.exit_code == 0 and "progress 3/3" in logs.output
+    stop = cli.invoke(app, ["stop", job_id, "--address", ray_head])
+    assert stop.exit_code == 0 and "was not running" in stop.output
