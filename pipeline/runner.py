@@ -166,6 +166,7 @@ def ensure_ray(address: str | None = None) -> bool:
         # Ray workers start in a session directory: make this package importable there too
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root(), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(
+            address="local",  # never attach to a cluster some `ray start` left on this machine
             num_cpus=os.cpu_count() or 2,
             include_dashboard=False,
             runtime_env={"env_vars": env},

@@ -14,6 +14,7 @@ DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistoch
 DEMO_STYLES = ("3", "7", "12", "19", "3:0.5,19:0.5")
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="Job config YAML (optional; flags and --set fill it).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Job config YAML (same as CONFIG).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set batch_size=8. Repeat.")]
 ManifestOpt = Annotated[str | None, typer.Option(help="Manifest Parquet (path or URI).")]
 OutputOpt = Annotated[str | None, typer.Option(help="Output root (folder or s3://bucket/prefix).")]
@@ -69,6 +70,7 @@ def _print_summary(summary: dict[str, Any], output: str) -> None:
 
 def run(
     config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
     set_: SetOpt = None,
     manifest: ManifestOpt = None,
     output: OutputOpt = None,
@@ -76,13 +78,14 @@ def run(
     style: StyleOpt = None,
 ) -> None:
     """Run a batch job here: embedded local Ray, or the cluster at $RAY_ADDRESS. Reruns resume."""
-    cfg = _config(config, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
+    cfg = _config(config or config_opt, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
     summary = run_with_progress(cfg)
     _print_summary(summary, cfg.output)
 
 
 def submit(
     config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
     set_: SetOpt = None,
     address: AddressOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Block until the job ends; print its logs.")] = False,
@@ -96,7 +99,7 @@ def submit(
     from pipeline import submit as jobs_api
     from pipeline.errors import JobError
 
-    cfg = _config(config, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
+    cfg = _config(config or config_opt, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
     job_id, new = jobs_api.submit(cfg, address=address, python=python)
     typer.echo(f"{'submitted' if new else 'already submitted'} {job_id}")
     if wait:
