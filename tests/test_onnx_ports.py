@@ -36,7 +36,7 @@ def cache(tmp_path_factory):
 
 def photo(name: str, h: int, w: int) -> torch.Tensor:
     """A bundled scikit-image photo resized to (1,3,h,w), on the 1/255 grid like a decoded image."""
-    arr = torch.from_numpy(getattr(skdata, name)()).permute(2, 0, 1)[None].float() / 255
+    arr = torch.from_numpy(getattr(skdata, name)()[..., :3].copy()).permute(2, 0, 1)[None].float() / 255
     out = F.interpolate(arr, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     return (out.clamp(0, 1) * 255).round() / 255
 
@@ -132,19 +132,38 @@ def test_ghiasi_predictor_matches_onnxruntime(ghiasi):
         assert mad <= 0.03 and cos >= 0.999
 
 
-def test_ghiasi_matches_onnxruntime_at_384(ghiasi):
-    """Whole pipeline (predictor at 256, transformer at the export's fixed 384x384) vs the int8 export."""
-    content, style = photo("astronaut", 384, 384), photo("coffee", 256, 256)
-    with torch.no_grad():
-        ours = ghiasi(content, [Style(image=style)]).numpy()
-    pred = session(onnx_port.package_file(gh.PREDICT_FILE))
-    vec = pred.run(None, {pred.get_inputs()[0].name: nhwc(style)})[0]
+def _ghiasi_onnx(content: torch.Tensor, vec: np.ndarray) -> np.ndarray:
     trans = session(onnx_port.package_file(gh.TRANSFORM_FILE))
     names = [i.name for i in trans.get_inputs()]
-    ref = trans.run(None, {names[0]: nhwc(content), names[1]: vec})[0].transpose(0, 3, 1, 2)
-    mad = float(np.abs(ours - ref).mean())
-    print(f"ghiasi 384x384: mean |torch - onnxruntime| = {mad:.4f}, max = {np.abs(ours - ref).max():.3f}")
-    assert mad <= 0.03
+    return trans.run(None, {names[0]: nhwc(content), names[1]: vec.reshape(1, 1, 1, 100)})[0].transpose(0, 3, 1, 2)
+
+
+GHIASI_PAIRS = [("astronaut", "coffee"), ("chelsea", "colorwheel"), ("rocket", "astronaut")]
+
+
+def test_ghiasi_matches_onnxruntime_at_384(ghiasi):
+    """Whole pipeline (predictor at 256, transformer at the export's fixed 384x384) vs the int8 export.
+
+    The export quantizes activations (including the instance-norm statistics) to int8, which
+    makes it jumpy: fed our style vector instead of its own (cosine 0.9999) it moves by about
+    as much as the port differs from it. That "noise floor" is measured per pair; a pair over
+    0.03 must stay within 1.25x of it. ("rocket", "astronaut") is the worst of 28 pairs tried.
+    """
+    pred = session(onnx_port.package_file(gh.PREDICT_FILE))
+    gaps = []
+    for content_name, style_name in GHIASI_PAIRS:
+        content, style = photo(content_name, 384, 384), photo(style_name, 256, 256)
+        with torch.no_grad():
+            ours = ghiasi(content, [Style(image=style)]).numpy()
+            our_vec = ghiasi.predictor(style).numpy()
+        ref = _ghiasi_onnx(content, pred.run(None, {pred.get_inputs()[0].name: nhwc(style)})[0])
+        gap = float(np.abs(ours - ref).mean())
+        floor = float(np.abs(_ghiasi_onnx(content, our_vec) - ref).mean())
+        pair = f"{content_name}/{style_name}"
+        print(f"ghiasi 384 {pair}: mean |torch - onnxruntime| = {gap:.4f}; export noise floor {floor:.4f}")
+        assert gap <= 0.03 or gap <= 1.25 * floor
+        gaps.append(gap)
+    assert float(np.median(gaps)) <= 0.03
 
 
 def _without_activation_quantization(path) -> bytes:
