@@ -1,7 +1,188 @@
-"""`stylize train` sub-commands."""
+"""`stylize train johnson|adain|sanet`: train a feed-forward stylizer, locally or on a Ray cluster.
+
+The checkpoint written to ``--output`` loads with ``stylize image --stylizer NAME --weights URI``
+and as ``weights:`` in a batch job config.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="train", no_args_is_help=True)
+from pipeline.errors import JobError
+
+app = typer.Typer(help="Train feed-forward stylizers (johnson, adain, sanet).", no_args_is_help=True)
+
+ContentManifest = Annotated[
+    str, typer.Option("--content-manifest", help="Content images: a Parquet manifest or a text file of URIs.")
+]
+Output = Annotated[str, typer.Option(help="Folder or URI prefix for checkpoints, samples and losses.")]
+Steps = Annotated[int | None, typer.Option(min=1, help="Total training steps (default: the paper's).")]
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Images per step per worker.")]
+Lr = Annotated[float | None, typer.Option(help="Adam learning rate.")]
+ImageSize = Annotated[int, typer.Option(min=16, help="Random crop side in pixels.")]
+ResizeTo = Annotated[int | None, typer.Option(min=16, help="Shorter side before cropping (default per family).")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Precision = Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")]
+EncoderWeights = Annotated[
+    str, typer.Option(help="Loss/encoder VGG: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
+]
+CheckpointEvery = Annotated[int, typer.Option(min=1, help="Write a checkpoint every N steps.")]
+LogEvery = Annotated[int, typer.Option(min=1, help="Print losses every N steps.")]
+Workers = Annotated[int, typer.Option(min=0, help="Ray Train workers (data parallel); 0 runs in this process.")]
+ContentWeight = Annotated[float | None, typer.Option(help="Content loss weight.")]
+StyleWeight = Annotated[float | None, typer.Option(help="Style loss weight.")]
+Submit = Annotated[bool, typer.Option("--submit", help="Submit as a Ray job instead of running here.")]
+Address = Annotated[str | None, typer.Option(help="Ray dashboard address for --submit, http://HEAD:8265.")]
+Wait = Annotated[bool, typer.Option(help="With --submit: wait for the job to finish.")]
+
+
+def _launch(data: dict, *, submit: bool, address: str | None, wait: bool) -> None:
+    from pipeline.train.common import TrainConfig
+
+    config = TrainConfig(**{k: v for k, v in data.items() if v is not None}).resolved()
+    if submit:
+        job_id, new = submit_training(config, address=address)
+        typer.echo(f"{'submitted' if new else 'already submitted'} {job_id}; follow with: stylize logs {job_id}")
+        if wait:
+            from pipeline import submit as jobs
+
+            state = jobs.wait(job_id, address)
+            typer.echo(f"{job_id}: {state}")
+            if state != "SUCCEEDED":
+                raise JobError(f"training job {job_id} ended {state}")
+        return
+    from pipeline.train.loop import run
+
+    summary = run(config)
+    if summary.get("skipped_content") or summary.get("skipped_style"):
+        typer.echo(
+            f"skipped bad rows: {summary.get('skipped_content', 0)} content, {summary.get('skipped_style', 0)} style",
+            err=True,
+        )
+    typer.echo(f"trained {config.stylizer} to step {summary.get('step')}: {summary.get('checkpoint', '')}")
+
+
+def submit_training(config, *, address: str | None = None) -> tuple[str, bool]:
+    """Submit ``python -m jobs.train_job`` through the batch jobs' Ray Jobs client; (id, newly submitted)."""
+    from pipeline import submit as jobs
+
+    payload = base64.urlsafe_b64encode(config.to_json().encode()).decode()
+    job_id = "stylize-train-" + hashlib.sha256(config.to_json().encode()).hexdigest()[:16]
+    client = jobs.client(address)
+    try:
+        client.submit_job(
+            entrypoint=f"python -m jobs.train_job --config-b64 {payload}",
+            submission_id=job_id,
+            runtime_env=jobs.runtime_env(),
+            metadata={"tool": "stylize", "kind": "train", "output": config.output},
+        )
+    except Exception as exc:  # noqa: BLE001
+        if "already exists" in str(exc) or "already been used" in str(exc):
+            return job_id, False
+        raise JobError(f"submitting {job_id} failed: {exc}") from exc
+    return job_id, True
+
+
+@app.command()
+def johnson(
+    style: Annotated[str, typer.Option(help="The one style image this network learns.")],
+    content_manifest: ContentManifest,
+    output: Output,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    image_size: ImageSize = 256,
+    resize_to: ResizeTo = None,
+    style_size: Annotated[int | None, typer.Option(help="Style image shorter side (default: --resize-to).")] = None,
+    content_layers: Annotated[str | None, typer.Option(help="Comma-separated, e.g. relu2_2 or relu3_3.")] = None,
+    style_layers: Annotated[str | None, typer.Option(help="Comma-separated VGG layers for the Gram loss.")] = None,
+    content_weight: ContentWeight = None,
+    style_weight: StyleWeight = None,
+    tv_weight: Annotated[float | None, typer.Option(help="Total variation weight.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    encoder_weights: EncoderWeights = "auto",
+    checkpoint_every: CheckpointEvery = 1000,
+    log_every: LogEvery = 50,
+    workers: Workers = 1,
+    submit: Submit = False,
+    address: Address = None,
+    wait: Wait = False,
+) -> None:
+    """Johnson et al. perceptual-loss training: one TransformerNet for one style image."""
+    data = dict(locals())
+    for key in ("content_layers", "style_layers"):
+        data[key] = [s.strip() for s in data[key].split(",") if s.strip()] if data[key] else None
+    _launch(_config_fields(data, "johnson"), submit=submit, address=address, wait=wait)
+
+
+@app.command()
+def adain(
+    content_manifest: ContentManifest,
+    style_manifest: Annotated[str, typer.Option(help="Style images: a Parquet manifest or a text file of URIs.")],
+    output: Output,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    image_size: ImageSize = 256,
+    resize_to: ResizeTo = None,
+    content_weight: ContentWeight = None,
+    style_weight: StyleWeight = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    encoder_weights: EncoderWeights = "auto",
+    checkpoint_every: CheckpointEvery = 1000,
+    log_every: LogEvery = 50,
+    workers: Workers = 1,
+    submit: Submit = False,
+    address: Address = None,
+    wait: Wait = False,
+) -> None:
+    """AdaIN decoder training (Huang & Belongie 2017) on content and style manifests."""
+    _launch(_config_fields(dict(locals()), "adain"), submit=submit, address=address, wait=wait)
+
+
+@app.command()
+def sanet(
+    content_manifest: ContentManifest,
+    style_manifest: Annotated[str, typer.Option(help="Style images: a Parquet manifest or a text file of URIs.")],
+    output: Output,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    image_size: ImageSize = 256,
+    resize_to: ResizeTo = None,
+    content_weight: ContentWeight = None,
+    style_weight: StyleWeight = None,
+    identity1_weight: Annotated[float | None, typer.Option(help="Pixel identity loss weight (paper: 1).")] = None,
+    identity2_weight: Annotated[float | None, typer.Option(help="Feature identity loss weight (paper: 50).")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    encoder_weights: EncoderWeights = "auto",
+    checkpoint_every: CheckpointEvery = 1000,
+    log_every: LogEvery = 50,
+    workers: Workers = 1,
+    submit: Submit = False,
+    address: Address = None,
+    wait: Wait = False,
+) -> None:
+    """SANet training (Park & Lee 2019): style-attention modules + decoder with identity losses."""
+    _launch(_config_fields(dict(locals()), "sanet"), submit=submit, address=address, wait=wait)
+
+
+def _config_fields(data: dict, stylizer: str) -> dict:
+    data = {k: v for k, v in data.items() if k not in ("submit", "address", "wait")}
+    return {"stylizer": stylizer, **data}
+
+
+def describe(summary: dict) -> str:
+    return json.dumps(summary, indent=2, default=str)

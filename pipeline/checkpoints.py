@@ -1,0 +1,82 @@
+"""Find trained stylizer checkpoints under a prefix by their safetensors metadata.
+
+Only the header of each ``.safetensors`` object is read (8 bytes of length, then the JSON
+header), so listing a bucket of large checkpoints stays cheap. Files without a ``stylizer``
+key in their metadata (optimizer state, foreign weights) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import StorageError
+from pipeline.storage import open_fs
+
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
+
+
+@dataclass(frozen=True)
+class Found:
+    """One checkpoint: its URI, family, training step and style (image URI or style manifest)."""
+
+    uri: str
+    stylizer: str
+    step: int
+    style: str
+    metadata: dict[str, str]
+
+
+def read_header_metadata(fs: Any, path: str) -> dict[str, str] | None:
+    """The ``__metadata__`` dict of a safetensors file, or None if it is not one."""
+    try:
+        with fs.open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+def _join(prefix: str, root: str, path: str) -> str:
+    """Rebuild a URI in the form the prefix was given (fsspec paths drop the scheme)."""
+    rel = path[len(root) :].lstrip("/") if path.startswith(root) else path
+    return f"{prefix.rstrip('/')}/{rel}" if rel else prefix
+
+
+def find_checkpoints(prefix: str) -> list[Found]:
+    """Every trained checkpoint under ``prefix`` (a folder or URI, searched recursively, or one file).
+
+    Sorted by stylizer, style, then step. Raises ``StorageError`` if the prefix cannot be listed.
+    """
+    fs, root = open_fs(prefix)
+    try:
+        if fs.isfile(root):
+            paths, base, shown = [root], root, prefix
+        else:
+            paths = [p for p in fs.find(root) if p.endswith(".safetensors")]
+            base, shown = root.rstrip("/"), prefix
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot list {prefix}: {type(exc).__name__}: {exc}") from None
+    found = []
+    for path in sorted(paths):
+        meta = read_header_metadata(fs, path)
+        if not meta or not meta.get("stylizer"):
+            continue
+        try:
+            step = int(meta.get("step", "0"))
+        except ValueError:
+            step = 0
+        uri = shown if path == base and fs.isfile(root) else _join(shown, base, path)
+        style = meta.get("style") or meta.get("style_manifest") or ""
+        found.append(Found(uri=uri, stylizer=meta["stylizer"], step=step, style=style, metadata=meta))
+    return sorted(found, key=lambda f: (f.stylizer, f.style, f.step, f.uri))

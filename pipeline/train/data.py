@@ -1,0 +1,172 @@
+"""Training images from a manifest: endless random batches, bad rows skipped and counted.
+
+Each image is resized so its shorter side is ``resize_to`` and a random ``image_size`` square is
+cropped from it, as in the papers (AdaIN/SANet: 512 then 256 crops; Johnson: 256). A row whose
+object is missing or does not decode is skipped once, counted in ``skipped`` with its reason, and
+never read again; only a manifest with no usable row at all is an error.
+
+Decoded, resized images are kept in memory up to ``cache_images`` of them, so a small set (a
+style manifest, a demo run) is decoded once; larger sets are re-read from storage each epoch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from pipeline.codec import decode_image
+from pipeline.errors import ConfigError, ManifestError, StylizeError
+from pipeline.storage import ALLOWED_SCHEMES, read_source
+
+
+def read_uris(path: str, allowed_schemes: Sequence[str] = tuple(ALLOWED_SCHEMES)) -> list[str]:
+    """Image URIs of a manifest: a Parquet manifest's ``uri`` column, or a text file with one URI per line."""
+    if str(path).endswith(".parquet"):
+        from pipeline.manifest import read_manifest
+
+        return [str(u) for u in read_manifest(path).column("uri").to_pylist() if u]
+    try:
+        text = read_source(path, allowed_schemes).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path} is neither a .parquet manifest nor a UTF-8 list of URIs") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def resize_shorter(array: np.ndarray, size: int) -> np.ndarray:
+    """(H,W,3) uint8 -> (H',W',3) uint8 whose shorter side is ``size`` (aspect kept)."""
+    h, w = array.shape[:2]
+    scale = size / min(h, w)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if new == (w, h):
+        return array
+    return np.asarray(Image.fromarray(array).resize(new, Image.Resampling.BILINEAR))
+
+
+def random_crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = array.shape[:2]
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    return array[top : top + size, left : left + size]
+
+
+def to_batch(arrays: list[np.ndarray]) -> Tensor:
+    """list of (S,S,3) uint8 -> (B,3,S,S) float32 in [0,1]."""
+    stacked = np.stack(arrays).astype(np.float32) / 255.0
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+
+
+class ImageSampler:
+    """Endless random ``(B,3,S,S)`` batches in [0,1] from a list of image URIs.
+
+    Rows are visited in a fresh random order each epoch. ``skipped`` counts bad rows and
+    ``reasons`` keeps the first few messages. Thread-safe for one consumer plus the prefetcher.
+    """
+
+    def __init__(
+        self,
+        uris: Sequence[str],
+        *,
+        image_size: int,
+        resize_to: int,
+        rng: np.random.Generator,
+        cache_images: int = 512,
+        allowed_schemes: Sequence[str] = tuple(ALLOWED_SCHEMES),
+        name: str = "content",
+    ) -> None:
+        if resize_to < image_size:
+            raise ConfigError(f"resize_to ({resize_to}) must be at least image_size ({image_size})")
+        if not uris:
+            raise ManifestError(f"the {name} manifest has no rows")
+        self.uris = list(uris)
+        self.image_size = image_size
+        self.resize_to = resize_to
+        self.rng = rng
+        self.cache_images = cache_images
+        self.allowed_schemes = tuple(allowed_schemes)
+        self.name = name
+        self.bad: set[int] = set()
+        self.reasons: list[str] = []
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._order: list[int] = []
+        self._lock = threading.Lock()
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad)
+
+    def _load(self, index: int) -> np.ndarray | None:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        uri = self.uris[index]
+        try:
+            array = resize_shorter(decode_image(read_source(uri, self.allowed_schemes)).array, self.resize_to)
+        except StylizeError as exc:  # DecodeError, StorageError: a bad row, never a failed run
+            self.bad.add(index)
+            if len(self.reasons) < 5:
+                self.reasons.append(f"{uri}: {exc}")
+            return None
+        if self.cache_images > 0:
+            self._cache[index] = array
+            if len(self._cache) > self.cache_images:
+                self._cache.popitem(last=False)
+        return array
+
+    def _next_index(self) -> int:
+        if not self._order:
+            good = [i for i in range(len(self.uris)) if i not in self.bad]
+            if not good:
+                first = self.reasons[0] if self.reasons else "no reason recorded"
+                raise ManifestError(
+                    f"no usable image in the {self.name} manifest: all {len(self.uris)} rows failed (first: {first})"
+                )
+            self._order = [good[i] for i in self.rng.permutation(len(good))]
+        return self._order.pop()
+
+    def sample(self) -> np.ndarray:
+        """One random (S,S,3) uint8 crop; bad rows are skipped."""
+        with self._lock:
+            while True:
+                index = self._next_index()
+                array = self._load(index)
+                if array is not None:
+                    return random_crop(array, self.image_size, self.rng)
+
+    def batch(self, batch_size: int) -> Tensor:
+        """(B,3,S,S) float32 in [0,1]."""
+        return to_batch([self.sample() for _ in range(batch_size)])
+
+
+class Prefetcher:
+    """Builds the next batch(es) in a background thread while the current step runs."""
+
+    def __init__(self, samplers: Sequence[ImageSampler | None], batch_size: int) -> None:
+        self.samplers = samplers
+        self.batch_size = batch_size
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-data")
+        self._next: Future | None = None
+
+    def _make(self) -> list[Tensor | None]:
+        return [s.batch(self.batch_size) if s is not None else None for s in self.samplers]
+
+    def next(self) -> list[Tensor | None]:
+        current = self._next.result() if self._next is not None else self._make()
+        self._next = self._pool.submit(self._make)
+        return current
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shard(uris: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """This worker's rows (every ``world_size``-th); a set smaller than the world is shared whole."""
+    if world_size <= 1 or len(uris) < world_size:
+        return list(uris)
+    return list(uris[rank::world_size])
