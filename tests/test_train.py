@@ -182,6 +182,18 @@ def test_config_errors(assets: dict[str, Path], tmp_path: Path, change: dict, me
         TrainConfig(**data).resolved()
 
 
+def test_cli_trains_in_process(assets: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.cli import app
+
+    args = ["train", "adain", "--content-manifest", str(assets["content"]), "--style-manifest", str(assets["styles"])]
+    args += ["--output", str(tmp_path / "out"), "--steps", "2", "--batch-size", "1", "--image-size", "32"]
+    args += ["--encoder-weights", str(assets["vgg"]), "--workers", "0", "--cpus-per-worker", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "trained adain to step 2" in result.output and "2 content" in result.output  # the skipped bad rows
+    assert read_metadata(str(tmp_path / "out" / "adain.safetensors"))["stylizer"] == "adain"
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> None:
     """A 2-CPU local Ray for the end-to-end tests (started once, shut down after)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Annotated
 
 import typer
@@ -35,6 +34,9 @@ EncoderWeights = Annotated[
 CheckpointEvery = Annotated[int, typer.Option(min=1, help="Write a checkpoint every N steps.")]
 LogEvery = Annotated[int, typer.Option(min=1, help="Print losses every N steps.")]
 Workers = Annotated[int, typer.Option(min=0, help="Ray Train workers (data parallel); 0 runs in this process.")]
+CpusPerWorker = Annotated[
+    int | None, typer.Option(min=1, help="CPUs (and torch threads) per worker; default: the node's CPUs / workers.")
+]
 ContentWeight = Annotated[float | None, typer.Option(help="Content loss weight.")]
 StyleWeight = Annotated[float | None, typer.Option(help="Style loss weight.")]
 Submit = Annotated[bool, typer.Option("--submit", help="Submit as a Ray job instead of running here.")]
@@ -112,6 +114,7 @@ def johnson(
     checkpoint_every: CheckpointEvery = 1000,
     log_every: LogEvery = 50,
     workers: Workers = 1,
+    cpus_per_worker: CpusPerWorker = None,
     submit: Submit = False,
     address: Address = None,
     wait: Wait = False,
@@ -142,6 +145,7 @@ def adain(
     checkpoint_every: CheckpointEvery = 1000,
     log_every: LogEvery = 50,
     workers: Workers = 1,
+    cpus_per_worker: CpusPerWorker = None,
     submit: Submit = False,
     address: Address = None,
     wait: Wait = False,
@@ -171,6 +175,7 @@ def sanet(
     checkpoint_every: CheckpointEvery = 1000,
     log_every: LogEvery = 50,
     workers: Workers = 1,
+    cpus_per_worker: CpusPerWorker = None,
     submit: Submit = False,
     address: Address = None,
     wait: Wait = False,
@@ -182,7 +187,3 @@ def sanet(
 def _config_fields(data: dict, stylizer: str) -> dict:
     data = {k: v for k, v in data.items() if k not in ("submit", "address", "wait")}
     return {"stylizer": stylizer, **data}
-
-
-def describe(summary: dict) -> str:
-    return json.dumps(summary, indent=2, default=str)
