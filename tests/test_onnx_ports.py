@@ -119,51 +119,172 @@ def test_dumoulin_alpha_blends_in_pixel_space(dumoulin):
 # ---------------------------------------------------------------- ghiasi
 
 
-def test_ghiasi_predictor_matches_onnxruntime(ghiasi):
-    for name in ("coffee", "astronaut"):
-        style = photo(name, 256, 256)
-        with torch.no_grad():
-            ours = ghiasi.predictor(style).numpy()
-        pred = session(onnx_port.package_file(gh.PREDICT_FILE))
-        ref = pred.run(None, {pred.get_inputs()[0].name: nhwc(style)})[0].reshape(1, 100)
-        mad = float(np.abs(ours - ref).mean())
-        cos = float((ours * ref).sum() / np.linalg.norm(ours) / np.linalg.norm(ref))
-        print(f"ghiasi predictor {name}: mean |dv| = {mad:.4f} (|v| mean {np.abs(ref).mean():.3f}), cosine = {cos:.5f}")
-        assert mad <= 0.03 and cos >= 0.999
+def ghiasi_sessions(level=None):
+    """(predictor, transformer) onnxruntime sessions; ``level``: graph optimizations (default ORT's, as the package)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if level is not None:
+        opts.graph_optimization_level = level
+    return tuple(
+        ort.InferenceSession(str(onnx_port.package_file(f)), opts, providers=["CPUExecutionProvider"])
+        for f in (gh.PREDICT_FILE, gh.TRANSFORM_FILE)
+    )
 
 
-def _ghiasi_onnx(content: torch.Tensor, vec: np.ndarray) -> np.ndarray:
-    trans = session(onnx_port.package_file(gh.TRANSFORM_FILE))
+def _onnx_vector(sessions, style: torch.Tensor) -> np.ndarray:
+    pred = sessions[0]
+    return pred.run(None, {pred.get_inputs()[0].name: nhwc(style)})[0].reshape(1, 100)
+
+
+def _ghiasi_onnx(content: torch.Tensor, vec: np.ndarray, sessions=None) -> np.ndarray:
+    trans = (sessions or ghiasi_sessions())[1]
     names = [i.name for i in trans.get_inputs()]
     return trans.run(None, {names[0]: nhwc(content), names[1]: vec.reshape(1, 1, 1, 100)})[0].transpose(0, 3, 1, 2)
 
 
-GHIASI_PAIRS = [("astronaut", "coffee"), ("chelsea", "colorwheel"), ("rocket", "astronaut")]
+@pytest.fixture(scope="module")
+def ghiasi_q():
+    return gh.create_ghiasi(quantize_activations=True)
 
 
-def test_ghiasi_matches_onnxruntime_at_384(ghiasi):
+def test_ghiasi_predictor_matches_onnxruntime(ghiasi, ghiasi_q):
+    """Style vectors vs the int8 export: float mode within 0.03 mean; quantized mode within 2 of its int8 steps."""
+    sessions = ghiasi_sessions()
+    step = float(ghiasi_q.predictor.q_out.scale)
+    for name in ("coffee", "astronaut", "colorwheel"):
+        style = photo(name, 256, 256)
+        ref = _onnx_vector(sessions, style)
+        with torch.no_grad():
+            ours, quant = ghiasi.predictor(style).numpy(), ghiasi_q.predictor(style).numpy()
+        mad = float(np.abs(ours - ref).mean())
+        cos = float((ours * ref).sum() / np.linalg.norm(ours) / np.linalg.norm(ref))
+        steps = np.abs(quant - ref) / step
+        print(
+            f"ghiasi predictor {name}: float mean |dv| = {mad:.4f} (|v| mean {np.abs(ref).mean():.3f}), "
+            f"cosine {cos:.5f}; quantized: {np.mean(steps > 0.5):.0%} of entries off, max {steps.max():.2f} steps"
+        )
+        assert mad <= 0.03 and cos >= 0.999
+        assert steps.max() <= 2.01 and np.abs(quant - ref).mean() < mad
+
+
+def test_ghiasi_quantization_points_cover_the_export(ghiasi, ghiasi_q):
+    """Each activation QuantizeLinear of both graphs has its own FakeQuant, and every FakeQuant has one."""
+    mapped = [
+        gh.quant_point(name, graph)
+        for graph, file in (("predict", gh.PREDICT_FILE), ("transform", gh.TRANSFORM_FILE))
+        for name in onnx_port.activation_quant_params(onnx_port.package_file(file))
+    ]
+    points = {n: m for n, m in ghiasi_q.named_modules() if isinstance(m, gh.FakeQuant)}
+    assert len(mapped) == len(set(mapped)) == 65 + 195
+    assert set(mapped) == set(points)
+    assert ghiasi_q.quantize_activations and all(m.enabled for m in points.values())
+    assert not ghiasi.quantize_activations
+    assert not any(m.enabled for m in ghiasi.modules() if isinstance(m, gh.FakeQuant))
+
+
+def _export_roundings(file: str, graph: str, feeds) -> dict[str, np.ndarray]:
+    """Every activation QuantizeLinear output of the export, dequantized, by FakeQuant path (graph as written)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_port.package_file(file)))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    for n in nodes:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.INT8, None))
+    sess = session(None, model.SerializeToString())
+    outs = sess.run([n.output[0] for n in nodes], feeds(sess))
+    return {
+        gh.quant_point(n.output[0], graph): (q.astype(np.float32) - inits[n.input[2]].item()) * inits[n.input[1]].item()
+        for n, q in zip(nodes, outs, strict=True)
+    }
+
+
+def test_ghiasi_quantized_reproduces_every_export_rounding(ghiasi_q):
+    """Fed the export's own value at every rounding point, each point rounds to the export's int8 value.
+
+    Each FakeQuant's input is recomputed from the export's (teacher-forced) upstream values, so
+    a wrong placement, scale, zero point, op order or rounding mode shows up at its point and
+    does not hide behind the chaos of a free run. Measured: 24-33 of 44 million values off,
+    each by one step (float32 summation order), at 384 with a 256 style.
+    """
+    pytest.importorskip("onnx")
+    content, style = photo("rocket", 384, 384), photo("astronaut", 256, 256)
+    mods = {n: m for n, m in ghiasi_q.named_modules() if isinstance(m, gh.FakeQuant)}
+    off: dict[str, tuple[int, float]] = {}
+    total = 0
+
+    def force(ref: dict[str, np.ndarray]):
+        def hook(mod, _inputs, out, name):
+            nonlocal total
+            r = ref[name]
+            if r.ndim == 4 and out.dim() == 4 and r.shape != tuple(out.shape):
+                r = r.transpose(0, 3, 1, 2)  # the graph's NHWC input side
+            r = torch.from_numpy(np.ascontiguousarray(r)).reshape(out.shape)
+            steps = (out - r).abs() / mod.scale
+            off[name] = (int((steps > 0.5).sum()), float(steps.max()))
+            total += out.numel()
+            return r
+
+        return [m.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n, m in mods.items()]
+
+    handles = force(_export_roundings(gh.PREDICT_FILE, "predict", lambda s: {s.get_inputs()[0].name: nhwc(style)}))
+    try:
+        with torch.no_grad():
+            vec = ghiasi_q.predictor(style)
+    finally:
+        for h in handles:
+            h.remove()
+    names = ghiasi_sessions()[1].get_inputs()
+    feeds = {names[0].name: nhwc(content), names[1].name: vec.numpy().reshape(1, 1, 1, 100)}
+    handles = force(_export_roundings(gh.TRANSFORM_FILE, "transform", lambda s: feeds))
+    try:
+        with torch.no_grad():
+            ghiasi_q.transformer(content, vec)
+    finally:
+        for h in handles:
+            h.remove()
+    n_off = sum(n for n, _ in off.values())
+    print(f"ghiasi quantized, teacher-forced: {n_off} of {total} rounded values differ from the export")
+    assert set(off) == set(mods)
+    assert max(s for _, s in off.values()) <= 1.001  # never more than one step
+    assert n_off <= 1e-5 * total
+
+
+# the two worst of 30 scikit-image pairs and a typical one
+GHIASI_PAIRS = [("colorwheel", "astronaut"), ("rocket", "astronaut"), ("astronaut", "coffee")]
+
+
+def test_ghiasi_matches_onnxruntime_at_384(ghiasi, ghiasi_q):
     """Whole pipeline (predictor at 256, transformer at the export's fixed 384x384) vs the int8 export.
 
-    The export quantizes activations (including the instance-norm statistics) to int8, which
-    makes it jumpy: fed our style vector instead of its own (cosine 0.9999) it moves by about
-    as much as the port differs from it. That "noise floor" is measured per pair; a pair over
-    0.03 must stay within 1.25x of it. ("rocket", "astronaut") is the worst of 28 pairs tried.
+    Printed per pair: quantized-mode and float-mode gaps to the export as the package runs it,
+    and the gap between two onnxruntime executions of the same file (graph optimizations off
+    vs on), which bounds how reproducible the export's own output is. The export is chaotic: a
+    one-step rounding flip in an instance-norm statistic shifts a whole channel, and the same
+    quantized network in float32 vs float64 already differs by 0.020-0.030.
     """
-    pred = session(onnx_port.package_file(gh.PREDICT_FILE))
-    gaps = []
+    default, unoptimized = ghiasi_sessions(), ghiasi_sessions(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    gaps, float_gaps = [], []
     for content_name, style_name in GHIASI_PAIRS:
         content, style = photo(content_name, 384, 384), photo(style_name, 256, 256)
         with torch.no_grad():
+            quant = ghiasi_q(content, [Style(image=style)]).numpy()
             ours = ghiasi(content, [Style(image=style)]).numpy()
-            our_vec = ghiasi.predictor(style).numpy()
-        ref = _ghiasi_onnx(content, pred.run(None, {pred.get_inputs()[0].name: nhwc(style)})[0])
-        gap = float(np.abs(ours - ref).mean())
-        floor = float(np.abs(_ghiasi_onnx(content, our_vec) - ref).mean())
-        pair = f"{content_name}/{style_name}"
-        print(f"ghiasi 384 {pair}: mean |torch - onnxruntime| = {gap:.4f}; export noise floor {floor:.4f}")
-        assert gap <= 0.03 or gap <= 1.25 * floor
+        ref = _ghiasi_onnx(content, _onnx_vector(default, style), default)
+        spread = _ghiasi_onnx(content, _onnx_vector(unoptimized, style), unoptimized)
+        gap, float_gap = float(np.abs(quant - ref).mean()), float(np.abs(ours - ref).mean())
+        print(
+            f"ghiasi 384 {content_name}/{style_name}: mean |quantized - export| = {gap:.4f}; "
+            f"float mode {float_gap:.4f}; export unoptimized vs optimized {np.abs(spread - ref).mean():.4f}"
+        )
+        assert quant.shape == ref.shape == (1, 3, 384, 384)
         gaps.append(gap)
-    assert float(np.median(gaps)) <= 0.03
+        float_gaps.append(float_gap)
+    # not <= 0.03 per pair: the export's own two executions differ by up to 0.051 on these pairs
+    assert max(gaps) <= 0.06 and float(np.mean(gaps)) <= 0.04
+    # colorwheel content saturates the export's activations: the float port cannot clip there
+    assert gaps[0] <= 0.7 * float_gaps[0]
 
 
 def _without_activation_quantization(path) -> bytes:
@@ -258,6 +379,12 @@ def test_cache_written_with_metadata_then_reused_without_onnx(cache, dumoulin, g
     with safe_open(str(gfile), framework="pt") as f:
         assert f.metadata()["source"] == f"{gh.PREDICT_FILE},{gh.TRANSFORM_FILE}"
     torch.testing.assert_close(gh.create_ghiasi().state_dict(), ghiasi.state_dict())
+    with safe_open(str(gfile), framework="pt") as f:
+        assert f.metadata()["format"] == onnx_port.CACHE_FORMAT
+        names = list(f.keys())  # safe_open is not iterable
+        assert len([k for k in names if k.startswith(gh.ACT_QUANT)]) == 65 + 195
+    quant = gh.create_ghiasi(quantize_activations=True)  # its roundings come from the cache too
+    assert float(quant.transformer.q_sigmoid.scale) == pytest.approx(1 / 256)
 
 
 def test_explicit_weights_paths(cache, dumoulin):
@@ -268,6 +395,17 @@ def test_explicit_weights_paths(cache, dumoulin):
         torch.testing.assert_close(model.state_dict(), dumoulin.state_dict())
     with pytest.raises(WeightsError):
         gh.create_ghiasi(weights=str(cached))  # a dumoulin file does not fit ghiasi
+
+
+def test_ghiasi_quantize_needs_export_parameters(ghiasi, tmp_path):
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "ghiasi.safetensors"
+    save_file({k: v.contiguous() for k, v in ghiasi.state_dict().items()}, str(plain))
+    torch.testing.assert_close(gh.create_ghiasi(weights=str(plain)).state_dict(), ghiasi.state_dict())
+    with pytest.raises(WeightsError, match="no activation quantization") as err:
+        gh.create_ghiasi(weights=str(plain), quantize_activations=True)
+    assert "\n" not in str(err.value)
 
 
 def test_missing_package_says_how_to_install(monkeypatch):

