@@ -287,6 +287,34 @@ def test_ghiasi_matches_onnxruntime_at_384(ghiasi, ghiasi_q):
     assert gaps[0] <= 0.7 * float_gaps[0]
 
 
+PHOTO_PAIRS = [
+    ("astronaut", "coffee"),
+    ("chelsea", "rocket"),
+    ("coffee", "astronaut"),
+    ("rocket", "chelsea"),
+    ("astronaut", "chelsea"),
+    ("chelsea", "coffee"),
+    ("coffee", "rocket"),
+]
+
+
+def test_ghiasi_typical_photo_pairs_within_003(ghiasi_q):
+    """The issue's bound, 0.03 mean absolute pixel difference, on ordinary photo/style pairs.
+
+    Asserted on the median over the pairs: single pairs scatter as much as the export scatters
+    against itself (see the test above), so one pair is not a stable measurement.
+    """
+    sessions = ghiasi_sessions()
+    gaps = []
+    for content_name, style_name in PHOTO_PAIRS:
+        content, style = photo(content_name, 384, 384), photo(style_name, 256, 256)
+        with torch.no_grad():
+            ours = ghiasi_q(content, [Style(image=style)]).numpy()
+        gaps.append(float(np.abs(ours - _ghiasi_onnx(content, _onnx_vector(sessions, style), sessions)).mean()))
+    print("ghiasi photo pairs, mean |quantized - export|:", ", ".join(f"{g:.4f}" for g in gaps))
+    assert float(np.median(gaps)) <= 0.03
+
+
 def _without_activation_quantization(path) -> bytes:
     """The export with every activation QuantizeLinear/DequantizeLinear made an Identity (weights stay dequantized)."""
     import onnx
