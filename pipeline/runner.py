@@ -185,7 +185,7 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 class _Decode:
-    def __init__(self, config: Any, output: str) -> None:
+    def __init__(self, config: Any) -> None:
         self.config = config
         self.ledger = worker.Ledger(open_storage(config))
 
@@ -212,7 +212,7 @@ class _Encode:
 
 
 def _decode_task(batch: pa.Table, config: Any) -> pa.Table:
-    return _Decode(config, config.output)(batch)
+    return _Decode(config)(batch)
 
 
 def _encode_task(batch: pa.Table, config: Any) -> pa.Table:
@@ -270,6 +270,25 @@ def build_dataset(work: pa.Table, config: Any, *, local: bool) -> Any:
     )
 
 
+def check_can_start(config: Any) -> None:
+    """Fail in the driver, with one line, on what would otherwise kill every actor at start-up."""
+    from pipeline.errors import WeightsError
+    from pipeline.models import get_card
+
+    worker.import_plugins()
+    card = get_card(config.stylizer)  # ModelNotFound lists the known names
+    if not getattr(config, "weights", None):
+        available, how = card.availability()
+        if not available:
+            raise WeightsError(f"stylizer {config.stylizer!r} has no weights here: {how}")
+    if getattr(config, "metrics", False):
+        from pipeline.models.vgg import encoder_availability
+
+        available, how = encoder_availability(getattr(config, "encoder_weights", None) or "auto")
+        if not available:
+            raise WeightsError(f"quality metrics need VGG weights: {how}; or set metrics=false")
+
+
 def check_manifest(table: pa.Table, path: str) -> None:
     """Refuse what breaks the whole job (columns, duplicate ids); a bad row only fails that row."""
     from pipeline.manifest import duplicate_ids, validate
@@ -316,6 +335,7 @@ def run(
         work = work.filter(pc.is_in(work.column("shard"), pa.array(pending, type=pa.int64())))
         if progress:
             progress(dict(state))
+        check_can_start(config)
         started_here = ensure_ray(address)
         _execute(work, config, storage, sizes, state, progress, local=started_here or _is_local())
     elif storage.exists(SUCCESS_KEY):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.codec import decode_image, encode_image, to_array, to_tensor
-from pipeline.errors import StylizeError
+from pipeline.errors import InputError, StylizeError
 from pipeline.metrics import QualityScorer
 from pipeline.models.base import Style
 
@@ -234,14 +234,14 @@ def decode_one(row: Row, config: Any) -> Row:
     try:
         problem = row_problem(out["image_id"], out["source_uri"], _allowed(config))
         if problem:
-            return fail(out, problem)
+            raise InputError(problem)
         data = read_input(out["source_uri"], config)
         decoded = decode_image(data)
         array = _resize_max_side(decoded.array, _cfg(config, "max_side"))
     except Exception as exc:  # noqa: BLE001 - a bad input is a failed row, never a failed job
-        return fail(out, describe(exc))
-    finally:
         out["seconds_decode"] = time.perf_counter() - start
+        return fail(out, describe(exc))
+    out["seconds_decode"] = time.perf_counter() - start
     array = np.ascontiguousarray(array, dtype=np.uint8)
     out.update(
         width=decoded.width,

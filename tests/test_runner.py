@@ -172,3 +172,13 @@ def test_s3_end_to_end(tmp_path: Path) -> None:
         assert {k for k in keys if k.startswith("images/")} == {f"images/p{i}.png" for i in range(3)}
         assert {"_SUCCESS", "metrics/shard-00000.parquet", "metrics/shard-00001.parquet"} <= set(keys)
         assert not [k for k in keys if k.startswith("_attempts/")]
+
+
+def test_an_unknown_stylizer_fails_before_any_work(tmp_path: Path) -> None:
+    from pipeline.errors import ModelNotFound
+
+    paths = write_inputs(tmp_path / "in", {"a": encode(photo())})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    with pytest.raises(ModelNotFound, match="no-such-model"):
+        runner.run(job_config(manifest, tmp_path / "out", stylizer="no-such-model"))
+    assert not (tmp_path / "out" / "metrics").exists()
