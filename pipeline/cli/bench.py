@@ -11,7 +11,58 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="bench", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks that print numbers (models alone, and the whole pipeline).", no_args_is_help=True)
+
+
+@app.command("models")
+def models_bench(
+    stylizer: Annotated[list[str] | None, typer.Option(help="Stylizers to time (default: all); repeat.")] = None,
+    size: Annotated[list[int] | None, typer.Option(help="Square sizes in px (default 256, 512, 1024); repeat.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Images per call.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls per size after one warm-up.")] = 3,
+    gatys_steps: Annotated[int, typer.Option(min=1, help="Optimisation steps timed for gatys.")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+) -> None:
+    """Images per second per stylizer and size on this device (model only, weights loaded once)."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.benchmarks import bench_models, random_init
+    from pipeline.cli.common import resolve_device
+    from pipeline.models import list_models
+
+    dev = resolve_device(device)
+    names = stylizer or [card.name for card in list_models()]
+    rows = bench_models(
+        names,
+        size or [256, 512, 1024],
+        device=dev,
+        batch=batch,
+        repeats=repeats,
+        gatys_steps=gatys_steps,
+        random_init=random_init,
+    )
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row.as_dict() | {"device_name": gpu}))
+        return
+    table = Table(
+        "stylizer", "size", "batch", "images/s", "s/image", "weights", "note", title=f"stylize bench models: {gpu}"
+    )
+    for row in rows:
+        table.add_row(
+            row.stylizer,
+            str(row.size),
+            str(row.batch),
+            f"{row.images_per_s:.3f}",
+            f"{row.seconds_per_image:.3f}",
+            row.weights,
+            row.note,
+        )
+    Console().print(table)
 
 
 def _bench_photos(folder: Path, n: int, size: int) -> list[tuple[str, str]]:
