@@ -8,7 +8,7 @@ key in their metadata (optimizer state, foreign weights) are left out.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import StorageError
@@ -25,7 +25,7 @@ class Found:
     stylizer: str
     step: int
     style: str
-    metadata: dict[str, str]
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def read_header_metadata(fs: Any, path: str) -> dict[str, str] | None:
