@@ -53,6 +53,10 @@ def s3_server(set_env: bool = True) -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in process-wide memory: start every server empty
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
     try:
         os.environ.update(_ENV)
         for k in _UNSET:

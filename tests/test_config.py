@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import JobConfig, load_config
 from pipeline.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# rayjob.yaml is a KubeRay manifest that carries a job config, not a job config itself
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.name != "rayjob.yaml")
 CONTRACT = {
     "manifest", "output", "stylizer", "style", "style_column", "style_manifest", "style_seed", "alpha",
     "preserve_color", "max_side", "encoder_weights", "weights", "format", "quality", "batch_size", "actors",
@@ -30,6 +33,11 @@ def test_shipped_configs_are_valid(path):
     cfg = load_config(str(path))
     assert cfg.manifest and cfg.output
     assert JobConfig(**cfg.model_dump()) == cfg  # the run summary's dump round-trips
+
+
+def test_rayjob_manifest_runs_the_job_entrypoint():
+    manifest = yaml.safe_load((CONFIG_DIR / "rayjob.yaml").read_text())
+    assert manifest["kind"] == "RayJob" and "jobs.run_job" in manifest["spec"]["entrypoint"]
 
 
 def test_shipped_configs_exist():
