@@ -78,6 +78,34 @@ def client(address: str | None = None) -> Any:
         raise JobError(f"cannot reach the Ray dashboard at {address}: {exc}") from exc
 
 
+def submit_entrypoint(
+    command: str,
+    job_id: str,
+    *,
+    address: str | None = None,
+    working_dir: str | None = None,
+    env_vars: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> tuple[str, bool]:
+    """Submit ``command`` as job ``job_id``; (id, True if newly submitted / False if it already existed).
+
+    The id is deterministic (derived from the config), so submitting the same job twice is a no-op.
+    """
+    jobs = client(address)
+    try:
+        jobs.submit_job(
+            entrypoint=command,
+            submission_id=job_id,
+            runtime_env=runtime_env(working_dir, env_vars),
+            metadata={"tool": "stylize", **(metadata or {})},
+        )
+    except Exception as exc:  # noqa: BLE001
+        if "already exists" in str(exc) or "already been used" in str(exc):
+            return job_id, False
+        raise JobError(f"submitting {job_id} failed: {exc}") from exc
+    return job_id, True
+
+
 def submit(
     config: Any,
     *,
@@ -86,21 +114,15 @@ def submit(
     working_dir: str | None = None,
     env_vars: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
-    """Submit the job; returns (submission id, True if newly submitted / False if it already existed)."""
-    jobs = client(address)
-    job_id = submission_id(config)
-    try:
-        jobs.submit_job(
-            entrypoint=entrypoint(config, python),
-            submission_id=job_id,
-            runtime_env=runtime_env(working_dir, env_vars),
-            metadata={"tool": "stylize", "output": str(getattr(config, "output", ""))},
-        )
-    except Exception as exc:  # noqa: BLE001
-        if "already exists" in str(exc) or "already been used" in str(exc):
-            return job_id, False
-        raise JobError(f"submitting {job_id} failed: {exc}") from exc
-    return job_id, True
+    """Submit a batch job config; returns (submission id, newly submitted?)."""
+    return submit_entrypoint(
+        entrypoint(config, python),
+        submission_id(config),
+        address=address,
+        working_dir=working_dir,
+        env_vars=env_vars,
+        metadata={"output": str(getattr(config, "output", ""))},
+    )
 
 
 def _call(fn: Callable[..., Any], job_id: str, what: str) -> Any:

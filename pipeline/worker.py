@@ -27,7 +27,8 @@ import torch
 from pipeline.codec import decode_image, encode_image, to_array, to_tensor
 from pipeline.errors import InputError, StylizeError
 from pipeline.metrics import QualityScorer
-from pipeline.models.base import Style
+from pipeline.models.base import Style, resolve_device
+from pipeline.models.controls import stylize
 
 Row = dict[str, Any]
 PLUGINS_ENV = "STYLIZE_PLUGINS"
@@ -294,20 +295,6 @@ def import_plugins() -> None:
         importlib.import_module(name)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    if not device or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _stylize_fn() -> Callable[..., torch.Tensor] | None:
-    try:
-        from pipeline.models.controls import stylize
-    except ImportError:  # controls not available: call the model directly
-        return None
-    return stylize
-
-
 class Stylist:
     """One loaded stylizer (and VGG for quality metrics) that stylizes batches of decoded rows.
 
@@ -334,7 +321,6 @@ class Stylist:
         )
         self.batch_size = max(1, int(_cfg(config, "batch_size", 4)))
         self._styles: dict[str, list[Style]] = {}
-        self._stylize = _stylize_fn()
 
     def styles(self, spec: str) -> list[Style]:
         """Parse (and for image styles, read through the allowed schemes) a spec once per process."""
@@ -355,11 +341,9 @@ class Stylist:
     def _run(self, content: torch.Tensor, styles: list[Style]) -> torch.Tensor:
         alpha = float(_cfg(self.config, "alpha", 1.0))
         content = content.to(self.device)
-        if self._stylize is not None:
-            return self._stylize(
-                self.model, content, styles, alpha=alpha, preserve_color=_cfg(self.config, "preserve_color", "none")
-            )
-        return self.model(content, styles, alpha=alpha)
+        return stylize(
+            self.model, content, styles, alpha=alpha, preserve_color=_cfg(self.config, "preserve_color", "none")
+        )
 
     def _stack(self, rows: list[Row], spec: str) -> list[Row]:
         start = time.perf_counter()

@@ -30,8 +30,8 @@ def models_bench(
     from rich.table import Table
 
     from pipeline.benchmarks import bench_models, random_init
-    from pipeline.cli.common import resolve_device
     from pipeline.models import list_models
+    from pipeline.models.base import resolve_device
 
     dev = resolve_device(device)
     names = stylizer or [card.name for card in list_models()]

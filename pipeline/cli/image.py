@@ -10,11 +10,10 @@ import numpy as np
 import torch
 import typer
 
-from pipeline.cli.common import resolve_device
 from pipeline.codec import encode_image, read_image, to_array, to_tensor
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import controls, create, get_card
-from pipeline.models.base import Style
+from pipeline.models.base import Style, resolve_device
 from pipeline.styles import parse_style_spec
 
 

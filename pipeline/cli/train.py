@@ -76,19 +76,8 @@ def submit_training(config, *, address: str | None = None) -> tuple[str, bool]:
 
     payload = base64.urlsafe_b64encode(config.to_json().encode()).decode()
     job_id = "stylize-train-" + hashlib.sha256(config.to_json().encode()).hexdigest()[:16]
-    client = jobs.client(address)
-    try:
-        client.submit_job(
-            entrypoint=f"python -m jobs.train_job --config-b64 {payload}",
-            submission_id=job_id,
-            runtime_env=jobs.runtime_env(),
-            metadata={"tool": "stylize", "kind": "train", "output": config.output},
-        )
-    except Exception as exc:  # noqa: BLE001
-        if "already exists" in str(exc) or "already been used" in str(exc):
-            return job_id, False
-        raise JobError(f"submitting {job_id} failed: {exc}") from exc
-    return job_id, True
+    command = f"python -m jobs.train_job --config-b64 {payload}"
+    return jobs.submit_entrypoint(command, job_id, address=address, metadata={"kind": "train", "output": config.output})
 
 
 @app.command()

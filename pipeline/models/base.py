@@ -63,6 +63,18 @@ def check_images(x: Tensor, *, what: str = "content") -> None:
         raise InputError(f"{what} is empty: {tuple(x.shape)}")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None -> cuda when available, else cpu; ``cuda`` without a GPU is a one-line ConfigError."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = str(device)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is visible; use cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     """Reflect-pad the bottom/right so H and W are multiples of ``multiple``; returns the original (H, W)."""
     h, w = x.shape[-2:]
