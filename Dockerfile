@@ -1,7 +1,7 @@
 # The image every Ray node runs for stylize jobs (head and workers alike).
 #   docker build -t stylize:latest .                                  # CPU
 #   docker build -t stylize:gpu --build-arg BASE=rayproject/ray:2.60.0-py311-gpu \
-#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#       --build-arg TORCH_INDEX=https://pypi.org/simple .            # PyPI's torch wheels carry CUDA
 # Ray in the base image and in pyproject.toml must match (2.60.0): nodes refuse mixed versions.
 ARG BASE=rayproject/ray:2.60.0-py311-cpu
 FROM ${BASE}
