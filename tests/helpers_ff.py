@@ -176,3 +176,21 @@ def blue_stripes_style(h: int, w: int) -> Tensor:
 
 def one_line(exc: BaseException) -> bool:
     return "\n" not in str(exc) and len(str(exc)) > 0
+
+
+def write_published_adain(directory, *, vgg_seed: int, decoder_seed: int):
+    """Random reference weights saved in pytorch-AdaIN's layout (vgg_normalised.pth, decoder.pth).
+
+    Returns (directory, the reference encoder up to relu4_1, the reference decoder).
+    """
+    import torch
+    from torch import nn
+
+    ref_vgg = kaiming_(reference_vgg(), seed=vgg_seed).eval()
+    ref_dec = kaiming_(reference_decoder(), seed=decoder_seed).eval()
+    enc = nn.Sequential(*list(ref_vgg.children())[:31])
+    with torch.no_grad():
+        calibrate_last_conv(ref_dec, enc(smooth_image(0, 64, 64, batch=2)), mean=0.5, std=0.2)
+    torch.save(ref_vgg.state_dict(), directory / "vgg_normalised.pth")
+    torch.save(ref_dec.state_dict(), directory / "decoder.pth")
+    return directory, enc, ref_dec

@@ -12,14 +12,12 @@ from pipeline.models import Style, create, get_card, vgg
 from pipeline.models.adain import DECODER_CONVS, build_decoder, save_checkpoint
 from tests.helpers_ff import (
     blue_stripes_style,
-    calibrate_last_conv,
-    kaiming_,
     one_line,
     red_smooth_style,
     ref_adain,
     reference_decoder,
-    reference_vgg,
     smooth_image,
+    write_published_adain,
 )
 
 
@@ -32,14 +30,7 @@ def _no_grad():
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     """A directory in the published layout (decoder.pth, vgg_normalised.pth) + the reference modules."""
-    ref_vgg = kaiming_(reference_vgg(), seed=1).eval()
-    ref_dec = kaiming_(reference_decoder(), seed=2).eval()
-    enc = nn.Sequential(*list(ref_vgg.children())[:31])
-    calibrate_last_conv(ref_dec, enc(smooth_image(0, 64, 64, batch=2)), mean=0.5, std=0.2)
-    d = tmp_path_factory.mktemp("adain")
-    torch.save(ref_vgg.state_dict(), d / "vgg_normalised.pth")
-    torch.save(ref_dec.state_dict(), d / "decoder.pth")
-    return d, enc, ref_dec
+    return write_published_adain(tmp_path_factory.mktemp("adain"), vgg_seed=1, decoder_seed=2)
 
 
 @pytest.fixture(scope="module")

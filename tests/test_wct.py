@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pipeline.errors import WeightsError
 from pipeline.models import Style, create, vgg
 from tests.helpers_ff import (
     blue_stripes_style,
-    calibrate_last_conv,
-    kaiming_,
     one_line,
     red_smooth_style,
-    reference_decoder,
-    reference_vgg,
     smooth_image,
+    write_published_adain,
 )
 
 
@@ -28,14 +24,7 @@ def _no_grad():
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    ref_vgg = kaiming_(reference_vgg(), seed=11).eval()
-    ref_dec = kaiming_(reference_decoder(), seed=12).eval()
-    enc = nn.Sequential(*list(ref_vgg.children())[:31])
-    calibrate_last_conv(ref_dec, enc(smooth_image(0, 64, 64, batch=2)), mean=0.5, std=0.2)
-    d = tmp_path_factory.mktemp("wct")
-    torch.save(ref_vgg.state_dict(), d / "vgg_normalised.pth")
-    torch.save(ref_dec.state_dict(), d / "decoder.pth")
-    return d, enc, ref_dec
+    return write_published_adain(tmp_path_factory.mktemp("wct"), vgg_seed=11, decoder_seed=12)
 
 
 @pytest.fixture(scope="module")
