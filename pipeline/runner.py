@@ -4,8 +4,8 @@ The only module that imports Ray. The plan::
 
     manifest (driver: row index, shard, style)  -> drop rows of committed shards
       -> decode      (CPU tasks, worker.decode_rows)
-      -> stylize     (actor pool: one loaded stylizer per actor, worker.Stylist)
-      -> encode+write (CPU tasks, worker.encode_rows)
+      -> stylize, encode + write (actor pool: one loaded stylizer per actor, worker.Stylist, then
+         worker.encode_rows in the actor, so the raw output pixels never cross the object store)
       -> driver: collect metric rows per shard; a complete shard's metrics Parquet is written
          atomically, and that file is the shard's commit marker
     -> _SUCCESS (summary JSON), written last
@@ -194,29 +194,20 @@ class _Decode:
 
 
 class _Stylize:
+    """The actor: stylize, then encode and write in place, so raw output pixels never cross the object store."""
+
     def __init__(self, config: Any, threads: int) -> None:
         self.stylist = worker.Stylist(config, threads=threads)
-        self.ledger = worker.Ledger(open_storage(config))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return _table(self.stylist(_rows(batch), self.ledger), INFLIGHT_SCHEMA)
-
-
-class _Encode:
-    def __init__(self, config: Any) -> None:
-        self.config = config
         self.storage = open_storage(config)
+        self.ledger = worker.Ledger(self.storage)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _table(worker.encode_rows(_rows(batch), self.config, self.storage), FINAL_SCHEMA)
+        rows = self.stylist(_rows(batch), self.ledger)
+        return _table(worker.encode_rows(rows, self.stylist.config, self.storage), FINAL_SCHEMA)
 
 
 def _decode_task(batch: pa.Table, config: Any) -> pa.Table:
     return _Decode(config)(batch)
-
-
-def _encode_task(batch: pa.Table, config: Any) -> pa.Table:
-    return _Encode(config)(batch)
 
 
 def _blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
@@ -252,7 +243,7 @@ def build_dataset(work: pa.Table, config: Any, *, local: bool) -> Any:
         batch_format="pyarrow",
         num_cpus=codec_cpus,
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         _Stylize,
         fn_constructor_kwargs={"config": config, "threads": threads},
         batch_size=batch_size,
@@ -260,13 +251,6 @@ def build_dataset(work: pa.Table, config: Any, *, local: bool) -> Any:
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,
         num_gpus=gpus,
-    )
-    return ds.map_batches(
-        _encode_task,
-        fn_kwargs={"config": config},
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        num_cpus=codec_cpus,
     )
 
 
