@@ -214,3 +214,17 @@ def test_explicit_encoder_weights_for_a_bare_decoder(published, tmp_path):
     content, style = smooth_image(14, 32, 40), blue_stripes_style(32, 32)
     ref = reference(enc, dec, content, style).clamp(0, 1)
     assert (model(content, [Style(image=style)]) - ref).abs().max().item() < 1e-4
+
+
+def test_a_style_is_encoded_once_across_batches(model, monkeypatch):
+    """A batch job reuses one Style object: its features are computed on the first batch only."""
+    calls = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda x: calls.append(tuple(x.shape)) or encode(x))
+    style = Style(image=torch.rand(1, 3, 40, 40))
+    first = model(torch.rand(2, 3, 32, 32), [style])
+    model(torch.rand(2, 3, 32, 32), [style])
+    assert calls.count((1, 3, 40, 40)) == 1 and calls.count((2, 3, 32, 32)) == 2
+    other = Style(image=style.image.clone())  # an equal but different tensor is encoded afresh
+    again = model(torch.zeros(2, 3, 32, 32), [other])
+    assert calls.count((1, 3, 40, 40)) == 2 and first.shape == again.shape

@@ -142,6 +142,10 @@ class AdaIN(Stylizer):
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x, ["relu4_1"])["relu4_1"]
 
+    def _encode_style(self, image: Tensor) -> Tensor:
+        require_min_size(image, self.min_px, what="style images", model=self.name)
+        return self.encode(image)
+
     def targets(self, f_c: Tensor, style_feats: list[Tensor], regions: Tensor | None) -> list[Tensor]:
         """One transformed feature map (B,C,h,w) per style; ``regions`` (B,K,h,w) or None."""
         return [
@@ -157,11 +161,9 @@ class AdaIN(Stylizer):
         regions = None
         if masks is not None:
             regions = region_masks(masks, tuple(f_c.shape[-2:]), len(styles), content.shape[0]).to(f_c)
-        style_feats = []
-        for style in styles:
-            image = style.image_batch(content.device, content.dtype)
-            require_min_size(image, self.min_px, what="style images", model=self.name)
-            style_feats.append(self.encode(image))
+        style_feats = [
+            self.style_features(s, self._encode_style, device=f_c.device, dtype=content.dtype) for s in styles
+        ]
         t = mix_targets(self.targets(f_c, style_feats, regions), weights, regions)
         return self.decoder(alpha * t + (1.0 - alpha) * f_c)
 

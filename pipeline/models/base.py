@@ -8,8 +8,10 @@ padding to the network's stride, validation and the generic controls live here a
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +107,29 @@ class Stylizer(nn.Module):
 
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+    STYLE_CACHE_SIZE: ClassVar[int] = 8
+
+    def style_features(
+        self, style: Style, encode: Callable[[Tensor], Any], *, device: torch.device, dtype: torch.dtype
+    ) -> Any:
+        """``encode(style image)``, remembered per style image: a batch job with one style encodes it once.
+
+        Keyed on the image tensor object itself (kept alive by the entry, so its id cannot be reused)
+        plus device and dtype; a few recent styles are kept.
+        """
+        cache: OrderedDict[tuple[int, torch.device, torch.dtype], tuple[Tensor, Any]]
+        cache = self.__dict__.setdefault("_style_cache", OrderedDict())
+        key = (id(style.image), device, dtype)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is style.image:
+            cache.move_to_end(key)
+            return hit[1]
+        value = encode(style.image_batch(device, dtype))
+        cache[key] = (style.image, value)
+        while len(cache) > self.STYLE_CACHE_SIZE:
+            cache.popitem(last=False)
+        return value
 
     @property
     def device(self) -> torch.device:

@@ -131,6 +131,10 @@ class SANet(Stylizer):
         feats = self.encoder(x, ["relu4_1", "relu5_1"])
         return feats["relu4_1"], feats["relu5_1"]
 
+    def _encode_style(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        require_min_size(image, self.min_px, what="style images", model=self.name)
+        return self.encode(image)
+
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
         require_min_size(content, self.min_px, what="content", model=self.name)
         c4, c5 = self.encode(content)
@@ -140,9 +144,7 @@ class SANet(Stylizer):
             regions = region_masks(masks, tuple(c4.shape[-2:]), len(styles), content.shape[0]).to(c4)
         targets = []
         for style in styles:
-            image = style.image_batch(content.device, content.dtype)
-            require_min_size(image, self.min_px, what="style images", model=self.name)
-            s4, s5 = self.encode(image)
+            s4, s5 = self.style_features(style, self._encode_style, device=c4.device, dtype=content.dtype)
             targets.append(self.transform(c4, s4, c5, s5))
         t = mix_targets(targets, weights, regions)
         return self.decoder(alpha * t + (1.0 - alpha) * c4)
