@@ -167,6 +167,30 @@ def test_resume_refuses_another_family(assets: dict[str, Path], tmp_path: Path) 
         train_loop(_config(assets, "adain", tmp_path / "out", steps=1))
 
 
+def test_sanet_warm_starts_from_an_adain_decoder(assets: dict[str, Path], tmp_path: Path) -> None:
+    """--init-from copies the shared tensors (the decoder); a checkpoint made for another encoder is refused."""
+    import shutil
+
+    from pipeline.models.weights import load_state_dict
+    from pipeline.train.loop import load_task, warm_start
+
+    adain = train_loop(_config(assets, "adain", tmp_path / "adain", steps=1, checkpoint_every=1))["checkpoint"]
+    decoder = {k: v for k, v in load_state_dict(adain).items() if k.startswith("decoder.")}
+    config = TrainConfig(**_config(assets, "sanet", tmp_path / "sanet", init_from=adain)).resolved()
+    task = load_task(config, torch.device("cpu"))
+    assert warm_start(task.net, task, config) == len(decoder)
+    state = task.net.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in decoder.items())
+
+    summary = train_loop(config.model_dump() | {"steps": 1})
+    assert read_metadata(summary["checkpoint"])["step"] == "1"
+
+    other = tmp_path / "other-vgg.safetensors"
+    shutil.copy(assets["vgg"], other)
+    with pytest.raises(ConfigError, match="a decoder only inverts its own encoder"):
+        train_loop(_config(assets, "sanet", tmp_path / "other", steps=1, init_from=adain, encoder_weights=str(other)))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

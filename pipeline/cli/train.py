@@ -31,6 +31,13 @@ Precision = Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CP
 EncoderWeights = Annotated[
     str, typer.Option(help="Loss/encoder VGG: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
 ]
+InitFrom = Annotated[
+    str | None,
+    typer.Option(
+        help="Start from the matching weights of this checkpoint (e.g. an adain decoder for sanet); "
+        "ignored when --output already has a checkpoint to resume."
+    ),
+]
 CheckpointEvery = Annotated[int, typer.Option(min=1, help="Write a checkpoint every N steps.")]
 LogEvery = Annotated[int, typer.Option(min=1, help="Print losses every N steps.")]
 Workers = Annotated[int, typer.Option(min=0, help="Ray Train workers (data parallel); 0 runs in this process.")]
@@ -100,6 +107,7 @@ def johnson(
     device: Device = "auto",
     precision: Precision = "auto",
     encoder_weights: EncoderWeights = "auto",
+    init_from: InitFrom = None,
     checkpoint_every: CheckpointEvery = 1000,
     log_every: LogEvery = 50,
     workers: Workers = 1,
@@ -131,6 +139,7 @@ def adain(
     device: Device = "auto",
     precision: Precision = "auto",
     encoder_weights: EncoderWeights = "auto",
+    init_from: InitFrom = None,
     checkpoint_every: CheckpointEvery = 1000,
     log_every: LogEvery = 50,
     workers: Workers = 1,
@@ -161,6 +170,7 @@ def sanet(
     device: Device = "auto",
     precision: Precision = "auto",
     encoder_weights: EncoderWeights = "auto",
+    init_from: InitFrom = None,
     checkpoint_every: CheckpointEvery = 1000,
     log_every: LogEvery = 50,
     workers: Workers = 1,

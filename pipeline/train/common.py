@@ -111,6 +111,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     encoder_weights: str = "auto"
+    init_from: str | None = None
     content_weight: float | None = Field(default=None, ge=0)
     style_weight: float | None = Field(default=None, ge=0)
     tv_weight: float | None = Field(default=None, ge=0)

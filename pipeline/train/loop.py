@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.codec import decode_image, to_tensor
-from pipeline.errors import ConfigError, JobError
+from pipeline.errors import ConfigError, JobError, WeightsError
 from pipeline.models import vgg
 from pipeline.storage import read_source
 from pipeline.train.common import (
@@ -115,6 +115,31 @@ def net_state(task: Task, saved: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: saved[prefix + k] for k in own if prefix + k in saved}
 
 
+def warm_start(net: nn.Module, task: Task, config: TrainConfig) -> int:
+    """Copy the tensors that ``config.init_from`` shares with ``net``; returns how many.
+
+    The use: a SANet run starting from a trained AdaIN decoder (same layout, same encoder) skips the
+    long phase where the decoder learns to invert VGG. Resuming an existing run takes precedence.
+    """
+    from pipeline.models.weights import load_state_dict, read_metadata
+
+    assert config.init_from
+    saved_config = json.loads(read_metadata(config.init_from).get("config", "{}"))
+    if saved_config.get("encoder_weights") not in (None, config.encoder_weights):
+        raise ConfigError(
+            f"--init-from {config.init_from} was trained with encoder {saved_config['encoder_weights']!r}, "
+            f"not {config.encoder_weights!r}; a decoder only inverts its own encoder"
+        )
+    picked = net_state(task, load_state_dict(config.init_from))
+    own = net.state_dict()
+    wrong = [k for k, v in picked.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if not picked or wrong:
+        detail = f"shape of {wrong[0]}: {tuple(picked[wrong[0]].shape)}" if wrong else "no shared tensors"
+        raise WeightsError(f"--init-from {config.init_from} does not fit {config.stylizer}: {detail}")
+    net.load_state_dict(picked, strict=False)
+    return len(picked)
+
+
 def train_loop(
     config_dict: dict[str, Any],
     *,
@@ -152,6 +177,10 @@ def train_loop(
         start = resumed.step
         if rank == 0:
             print(f"resuming {config.stylizer} from step {start} ({store.uri('checkpoints')})", flush=True)
+    elif config.init_from:
+        loaded = warm_start(net, task, config)
+        if rank == 0:
+            print(f"initialised {loaded} of {len(net.state_dict())} tensors from {config.init_from}", flush=True)
     if wrap is not None:
         net = wrap(net)
 
