@@ -167,6 +167,19 @@ def test_resume_refuses_another_family(assets: dict[str, Path], tmp_path: Path) 
         train_loop(_config(assets, "adain", tmp_path / "out", steps=1))
 
 
+def test_layer_gains_bring_hed_to_the_normalised_scale() -> None:
+    """hed-vgg16 losses are divided by its measured layer means; other Caffe-scale encoders are left as they are."""
+    from pipeline.train.common import LAYER_MEANS, layer_gains
+
+    hed = vgg.VGGEncoder("vgg16", last="relu5_1", source="hed-vgg16")
+    hed.set_input_convention(*vgg.caffe_affine())
+    gains = layer_gains(hed, ["relu1_1", "relu4_1"])
+    assert gains == {k: 1 / LAYER_MEANS["hed-vgg16"][k] for k in ("relu1_1", "relu4_1")}
+    other = vgg.VGGEncoder("vgg16", last="relu5_1", source="/weights/vgg_normalised.pth")
+    other.set_input_convention(*vgg.caffe_affine())
+    assert layer_gains(other, ["relu1_1"]) == {"relu1_1": pytest.approx(1.0)}
+
+
 def test_sanet_warm_starts_from_an_adain_decoder(assets: dict[str, Path], tmp_path: Path) -> None:
     """--init-from copies the shared tensors (the decoder); a checkpoint made for another encoder is refused."""
     import shutil

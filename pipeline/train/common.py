@@ -44,7 +44,8 @@ Stylizer = Literal["johnson", "adain", "sanet"]
 _STEP = re.compile(r"step(\d+)\.safetensors$")
 
 # Per-family defaults from the papers / reference code. Loss weights are stated for a loss network
-# with Caffe input scale (BGR 0-255: hed-vgg16, vgg_normalised); see ``feature_scale``.
+# with Caffe input scale (BGR 0-255: hed-vgg16, vgg_normalised); see ``feature_scale``. adain and sanet
+# further put each layer on vgg_normalised's scale (``layer_gains``), as their papers' weights assume.
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     # Johnson et al.; content 30 is pytorch/examples' 1e5 at ImageNet scale converted to Caffe scale. Its style
     # weight converts to 3600, but measured with hed-vgg16 that sacrifices all content (style loss of an
@@ -170,6 +171,39 @@ def feature_scale(encoder: torch.nn.Module) -> float:
     """
     gain = float(encoder.input.weight.detach().abs().sum(dim=(1, 2, 3)).mean())
     return 255.0 / gain if gain > 0 else 1.0
+
+
+# Mean ReLU activation per layer of sources that are not filter-normalised, over 19 scikit-image
+# photos resized to 256x256 (tests/test_train.py::test_hed_layer_means_match_the_weights re-measures them).
+# AdaIN and SANet weights are stated for ``vgg_normalised`` (Gatys et al. 2016), whose filters are
+# scaled to a mean activation of 1; raw hed-vgg16 features are 15-20x that at relu1_x and ~1x at relu5_1,
+# so without this its shallow layers drown everything else (blob artefacts, content ignored).
+LAYER_MEANS: dict[str, dict[str, float]] = {
+    "hed-vgg16": {
+        "relu1_1": 15.05,
+        "relu1_2": 20.30,
+        "relu2_1": 13.97,
+        "relu2_2": 4.236,
+        "relu3_1": 8.208,
+        "relu3_2": 7.535,
+        "relu3_3": 2.741,
+        "relu4_1": 4.877,
+        "relu4_2": 2.926,
+        "relu4_3": 1.109,
+        "relu5_1": 1.130,
+    },
+}
+
+
+def layer_gains(encoder: torch.nn.Module, layers: list[str]) -> dict[str, float]:
+    """Per-layer factors that bring this encoder's features to ``vgg_normalised`` scale (mean activation 1).
+
+    Known unnormalised sources divide by their measured ``LAYER_MEANS``; any other encoder gets the
+    input-scale rule of ``feature_scale`` (exact for ``vgg_normalised`` files, where it is 1).
+    """
+    means = LAYER_MEANS.get(getattr(encoder, "source", ""), {})
+    scale = feature_scale(encoder)
+    return {k: 1.0 / means[k] if k in means else scale for k in layers}
 
 
 # --- checkpoints ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pipeline.models.adain import build_decoder
 from pipeline.models.losses import ContentLoss, IdentityLoss, MeanStdStyleLoss
 from pipeline.models.sanet import Transform, mean_variance_norm
 from pipeline.train.adain import embed_encoder, is_file_source
-from pipeline.train.common import Task, TrainConfig
+from pipeline.train.common import Task, TrainConfig, layer_gains
 
 DEEP = ("relu4_1", "relu5_1")
 
@@ -54,14 +54,14 @@ class SANetTask(Task):
         self.style_layers = list(config.style_layers or [])
         self.layers = sorted(set(self.style_layers) | set(self.content_layers) | set(DEEP), key=encoder.plan.index)
         self.content_loss = ContentLoss(dict.fromkeys(self.content_layers, 1.0))
-        self.style_loss = MeanStdStyleLoss(dict.fromkeys(self.style_layers, 1.0))
-        # normalised features are scale-free: the content term needs no rescaling for the encoder
+        # style and feature-identity MSEs in vgg_normalised units, so the paper's weights apply to any
+        # encoder; the content term compares mean-variance normalised features and is scale-free already
+        self.gain = layer_gains(encoder, self.layers)
+        self.style_loss = MeanStdStyleLoss({k: self.gain[k] ** 2 for k in self.style_layers})
         self.content_weight = float(config.content_weight or 0)
-        self.style_weight = float(config.style_weight or 0) * self.scale**2
+        self.style_weight = float(config.style_weight or 0)
         self.identity_pixels = IdentityLoss(pixel_weight=float(config.identity1_weight or 0), feature_weight=0.0)
-        self.identity_features = IdentityLoss(
-            pixel_weight=0.0, feature_weight=float(config.identity2_weight or 0) * self.scale**2
-        )
+        self.identity_features = IdentityLoss(pixel_weight=0.0, feature_weight=float(config.identity2_weight or 0))
 
     def decode(self, net: nn.Module, content: dict[str, Tensor], style: dict[str, Tensor]) -> Tensor:
         with self.autocast():
@@ -84,12 +84,16 @@ class SANetTask(Task):
         norm_g = {k: mean_variance_norm(g[k]) for k in self.content_layers}
         norm_c = {k: mean_variance_norm(f_c[k]) for k in self.content_layers}
         pick = self.style_layers  # the identity terms use the same relu1_1..relu5_1 as the style loss
+
+        def scaled(feats: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: feats[k] * self.gain[k] for k in pick}
+
         terms = {
             "content": self.content_weight * self.content_loss(norm_g, norm_c),
             "style": self.style_weight * self.style_loss(g, f_s),
             "identity1": self.identity_pixels(i_cc, content) + self.identity_pixels(i_ss, style),
-            "identity2": self.identity_features(i_cc, content, f_cc, {k: f_c[k] for k in pick})
-            + self.identity_features(i_ss, style, f_ss, {k: f_s[k] for k in pick}),
+            "identity2": self.identity_features(i_cc, content, scaled(f_cc), scaled(f_c))
+            + self.identity_features(i_ss, style, scaled(f_ss), scaled(f_s)),
         }
         terms["total"] = sum(terms.values())
         return terms
