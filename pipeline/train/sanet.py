@@ -8,7 +8,8 @@ loss = content_weight * [MSE(norm f4(out), norm f4(c)) + MSE(norm f5(out), norm 
      + identity1_weight * [MSE(I_cc, c) + MSE(I_ss, s)]                      (pixels)
      + identity2_weight * sum over relu1_1..relu5_1 of [MSE(f(I_cc), f(c)) + MSE(f(I_ss), f(s))]
 
-where I_cc / I_ss stylize an image with itself. The paper (Sec. 3.3) sets lambda_c, lambda_s,
+where I_cc / I_ss stylize an image with itself. Every feature MSE is on vgg_normalised's per-layer scale
+(``layer_gains``): the weights below were set for that encoder. The paper (Sec. 3.3) sets lambda_c, lambda_s,
 lambda_identity1, lambda_identity2 = 1, 3, 1, 50; GlebSBrykin/SANET's training notebook multiplies
 the *pixel* term by 50 and the feature term by 1 instead. We follow the paper; both are options.
 The three decoder passes (c with s, c with c, s with s) run as one batch of 3B.
