@@ -109,10 +109,13 @@ def read_metadata(uri: str) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def load_into(module: torch.nn.Module, state: dict[str, Tensor], *, what: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatches."""
+def load_into(module: torch.nn.Module, state: dict[str, Tensor], *, what: str, partial: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatches.
+
+    ``partial`` allows ``state`` to cover only some of the module's tensors (a warm start).
+    """
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [] if partial else [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:
@@ -125,4 +128,4 @@ def load_into(module: torch.nn.Module, state: dict[str, Tensor], *, what: str) -
             k = wrong[0]
             parts.append(f"shape of {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
         raise WeightsError(f"{what} weights do not fit: " + "; ".join(parts))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=not partial)

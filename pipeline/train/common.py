@@ -174,7 +174,7 @@ def feature_scale(encoder: torch.nn.Module) -> float:
 
 
 # Mean ReLU activation per layer of sources that are not filter-normalised, over 19 scikit-image
-# photos resized to 256x256 (tests/test_train.py::test_hed_layer_means_match_the_weights re-measures them).
+# photos resized to 256x256 (tests/test_vgg.py::test_hed_layer_means_match_the_weights re-measures them).
 # AdaIN and SANet weights are stated for ``vgg_normalised`` (Gatys et al. 2016), whose filters are
 # scaled to a mean activation of 1; raw hed-vgg16 features are 15-20x that at relu1_x and ~1x at relu5_1,
 # so without this its shallow layers drown everything else (blob artefacts, content ignored).
@@ -419,6 +419,11 @@ def base_metadata(config: TrainConfig, *, step: int, encoder: Any, encoder_arch:
     return meta
 
 
+def trained_encoder(meta: dict[str, str]) -> str | None:
+    """The ``--encoder-weights`` a checkpoint was trained with (None when its metadata does not say)."""
+    return json.loads(meta.get("config", "{}")).get("encoder_weights")
+
+
 def check_resume(meta: dict[str, str], config: TrainConfig, where: str) -> None:
     """Refuse to continue a run whose checkpoint was made for another family, style or encoder."""
     problems = []
@@ -430,9 +435,9 @@ def check_resume(meta: dict[str, str], config: TrainConfig, where: str) -> None:
         have = meta.get(key)
         if want and have and have != want:
             problems.append(f"{key} {have!r} vs {want!r}")
-    saved = json.loads(meta.get("config", "{}"))
-    if saved.get("encoder_weights") not in (None, config.encoder_weights):
-        problems.append(f"encoder_weights {saved['encoder_weights']!r} vs {config.encoder_weights!r}")
+    saved = trained_encoder(meta)
+    if saved not in (None, config.encoder_weights):
+        problems.append(f"encoder_weights {saved!r} vs {config.encoder_weights!r}")
     if problems:
         raise ConfigError(f"{where} was trained with other settings ({'; '.join(problems)}); use another --output")
 

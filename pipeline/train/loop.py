@@ -42,6 +42,7 @@ from pipeline.train.common import (
     load_optimizer_state,
     optimizer_state,
     sample_grid,
+    trained_encoder,
 )
 from pipeline.train.data import ImageSampler, Prefetcher, read_uris, resize_shorter, shard
 
@@ -121,22 +122,19 @@ def warm_start(net: nn.Module, task: Task, config: TrainConfig) -> int:
     The use: a SANet run starting from a trained AdaIN decoder (same layout, same encoder) skips the
     long phase where the decoder learns to invert VGG. Resuming an existing run takes precedence.
     """
-    from pipeline.models.weights import load_state_dict, read_metadata
+    from pipeline.models.weights import load_into, load_state_dict, read_metadata
 
     assert config.init_from
-    saved_config = json.loads(read_metadata(config.init_from).get("config", "{}"))
-    if saved_config.get("encoder_weights") not in (None, config.encoder_weights):
+    saved = trained_encoder(read_metadata(config.init_from))
+    if saved not in (None, config.encoder_weights):
         raise ConfigError(
-            f"--init-from {config.init_from} was trained with encoder {saved_config['encoder_weights']!r}, "
+            f"--init-from {config.init_from} was trained with encoder {saved!r}, "
             f"not {config.encoder_weights!r}; a decoder only inverts its own encoder"
         )
     picked = net_state(task, load_state_dict(config.init_from))
-    own = net.state_dict()
-    wrong = [k for k, v in picked.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if not picked or wrong:
-        detail = f"shape of {wrong[0]}: {tuple(picked[wrong[0]].shape)}" if wrong else "no shared tensors"
-        raise WeightsError(f"--init-from {config.init_from} does not fit {config.stylizer}: {detail}")
-    net.load_state_dict(picked, strict=False)
+    if not picked:
+        raise WeightsError(f"--init-from {config.init_from} shares no tensors with {config.stylizer}")
+    load_into(net, picked, what=f"--init-from {config.init_from}", partial=True)
     return len(picked)
 
 
