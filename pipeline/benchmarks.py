@@ -1,6 +1,7 @@
-"""Model-only throughput: images per second per stylizer and size on one device.
+"""Benchmarks that print numbers: model-only throughput per stylizer and size on one device, and
+output quality against a reference (e.g. the published SANet outputs in ``eval/reference-sanet``).
 
-A benchmark prints numbers; it asserts nothing. Weights do not change the arithmetic, so a
+A benchmark asserts nothing. Weights do not change the arithmetic, so a
 family whose weights are not installed here is timed with randomly initialised weights and
 the row says so.
 """
@@ -8,12 +9,15 @@ the row says so.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from pipeline.errors import WeightsError
+from pipeline.gallery import load_image
+from pipeline.metrics import QualityScorer
 from pipeline.models import controls, create, get_card
 from pipeline.models.base import Style, Stylizer
 
@@ -124,3 +128,53 @@ def random_init(name: str) -> Stylizer:
     if name == "sanet":
         return sanet.SANet(encoder, sanet.Transform(), adain.build_decoder())
     raise WeightsError(f"no random-weight variant of {name}")
+
+
+# --- quality against a reference ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    content: str
+    style: str
+    source: str  # "ours", "reference" or "photo" (the unchanged content: the scale of the numbers)
+    style_distance: float
+    content_distance: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def reference_for(folder: Path, content: str, style: str) -> Path | None:
+    """``<content stem>_stylized_<style stem>.*`` in ``folder`` (the layout of the published SANet outputs)."""
+    matches = sorted(folder.glob(f"{Path(content).stem}_stylized_{Path(style).stem}.*"))
+    return matches[0] if matches else None
+
+
+def quality_rows(
+    model: Stylizer,
+    contents: Iterable[str],
+    styles: Iterable[str],
+    scorer: QualityScorer,
+    *,
+    max_side: int = 384,
+    style_side: int = 256,
+    reference: Path | None = None,
+) -> Iterator[QualityRow]:
+    """Style and content distance (``pipeline.metrics``) of the model's output for every content x style pair,
+    of the unchanged photo, and of a reference output for the same pair where ``reference`` has one."""
+    style_list = list(styles)
+    for content_path in contents:
+        content = load_image(content_path, max_side)
+        for style_path in style_list:
+            style = Style(image=load_image(style_path, style_side))
+            spec = Path(style_path).stem
+            outputs = {"photo": content, "ours": controls.stylize(model, content.to(model.device), [style]).cpu()}
+            found = reference_for(reference, content_path, style_path) if reference else None
+            if found is not None:
+                outputs["reference"] = load_image(str(found), max_side)
+            for source, out in outputs.items():
+                score = scorer.score(out, content, spec, [style])
+                yield QualityRow(
+                    Path(content_path).stem, spec, source, score["style_distance"], score["content_distance"]
+                )

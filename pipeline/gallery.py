@@ -20,7 +20,8 @@ from pipeline.sheet import Tile, contact_sheet
 DEFAULT_INDICES = (0, 6, 13, 19, 25)
 
 
-def _load(path: str, max_side: int) -> torch.Tensor:
+def load_image(path: str, max_side: int) -> torch.Tensor:
+    """An image file as (1,3,H,W) in [0,1], downscaled so its longer side is at most ``max_side``."""
     return controls.resize_max_side(to_tensor(read_image(path).array), max_side)
 
 
@@ -43,12 +44,12 @@ def family_sheet(
     elif card.style_kind == "fixed":
         columns = [(Path(weights or name).stem, Style(), None)]
     else:
-        columns = [(Path(s).stem, Style(image=_load(s, 256)), _load(s, 256)) for s in styles]
+        columns = [(Path(s).stem, Style(image=load_image(s, 256)), load_image(s, 256)) for s in styles]
     rows: list[list[Tile]] = []
     if card.style_kind == "image":
         rows.append([("style:", np.full((8, 8, 3), 255, np.uint8))] + [(c[0], to_array(c[2])) for c in columns])
     for path in contents:
-        content = _load(path, max_side)
+        content = load_image(path, max_side)
         row: list[Tile] = [(Path(path).stem, to_array(content))]
         for label, style, _ in columns:
             row.append((label, to_array(controls.stylize(model, content, [style]))))
@@ -61,7 +62,7 @@ def controls_sheet(
 ) -> np.ndarray:
     """One content through the controls: alpha sweep, a two-style mix, a left/right mask, colour preservation."""
     model = create(name, device=device)
-    content = _load(content_path, max_side)
+    content = load_image(content_path, max_side)
 
     def run(styles: list[Style], **kw: object) -> np.ndarray:
         return to_array(controls.stylize(model, content, styles, **kw))  # type: ignore[arg-type]

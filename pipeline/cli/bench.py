@@ -65,6 +65,59 @@ def models_bench(
     Console().print(table)
 
 
+@app.command("quality")
+def quality_bench(
+    stylizer: Annotated[str, typer.Option(help="Registered stylizer that takes style images.")],
+    content: Annotated[list[str], typer.Option(help="Content photo; repeat.")],
+    style: Annotated[list[str], typer.Option(help="Style image; repeat.")],
+    weights: Annotated[str | None, typer.Option(help="Checkpoint URI for the stylizer.")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Folder of reference outputs named <content>_stylized_<style>.*")
+    ] = None,
+    max_side: Annotated[int, typer.Option(min=16, help="Longer side of the content (px).")] = 384,
+    style_side: Annotated[int, typer.Option(min=16, help="Longer side of the style images (px).")] = 256,
+    encoder_weights: Annotated[str, typer.Option(help="VGG that measures the distances.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+) -> None:
+    """Style and content distance (as in the job metrics) of a stylizer's outputs, the unchanged photo's and a
+    reference's (lower style distance: closer to the painting's Gram statistics)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.benchmarks import quality_rows
+    from pipeline.errors import ConfigError, InputError
+    from pipeline.metrics import QualityScorer
+    from pipeline.models import create, get_card
+    from pipeline.models.base import resolve_device
+
+    if reference is not None and not reference.is_dir():
+        raise InputError(f"--reference {reference} is not a folder")
+    if get_card(stylizer).style_kind != "image":
+        raise ConfigError(f"{stylizer} takes no style image, so there is no style distance to compare")
+    dev = resolve_device(device)
+    model = create(stylizer, weights=weights, device=dev)
+    scorer = QualityScorer.load(encoder_weights, device=dev)
+    rows = list(
+        quality_rows(model, content, style, scorer, max_side=max_side, style_side=style_side, reference=reference)
+    )
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row.as_dict()))
+        return
+    table = Table("content", "style", "output", "style distance", "content distance", title=f"{stylizer}: quality")
+    for row in rows:
+        table.add_row(row.content, row.style, row.source, f"{row.style_distance:.3f}", f"{row.content_distance:.3f}")
+    by_source: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        by_source.setdefault(row.source, []).append((row.style_distance, row.content_distance))
+    for source, values in by_source.items():
+        n = len(values)
+        mean_style, mean_content = sum(v[0] for v in values) / n, sum(v[1] for v in values) / n
+        table.add_row("mean", f"{n} pairs", source, f"{mean_style:.3f}", f"{mean_content:.3f}", style="bold")
+    Console().print(table)
+
+
 def _bench_photos(folder: Path, n: int, size: int) -> list[tuple[str, str]]:
     """``n`` distinct size x size JPEGs cut from scikit-image's sample photos; returns (image_id, path)."""
     import numpy as np
