@@ -81,3 +81,13 @@ def test_models_list_names_every_stylizer() -> None:
     assert result.exit_code == 0, result.output
     for name in ("gatys", "johnson", "adain", "wct", "sanet", "ghiasi", "dumoulin"):
         assert name in result.output
+
+
+def test_gallery_draws_one_family_sheet_without_the_controls(content: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gallery"
+    args = ["gallery", "--out", str(out), "--content", str(content), "--style", "3", "--stylizer", "dumoulin"]
+    result = runner.invoke(app, [*args, "--max-side", "48", "--no-controls"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["dumoulin.jpg"]
+    with Image.open(out / "dumoulin.jpg") as sheet:
+        assert sheet.width > 5 * 48  # the photo and five built-in styles side by side
