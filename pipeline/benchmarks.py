@@ -163,11 +163,11 @@ def quality_rows(
 ) -> Iterator[QualityRow]:
     """Style and content distance (``pipeline.metrics``) of the model's output for every content x style pair,
     of the unchanged photo, and of a reference output for the same pair where ``reference`` has one."""
-    style_list = list(styles)
+    # loaded once: the same Style objects let the model's and the scorer's style caches hit
+    style_list = [(path, Style(image=load_image(path, style_side))) for path in styles]
     for content_path in contents:
         content = load_image(content_path, max_side)
-        for style_path in style_list:
-            style = Style(image=load_image(style_path, style_side))
+        for style_path, style in style_list:
             spec = Path(style_path).stem
             outputs = {"photo": content, "ours": controls.stylize(model, content.to(model.device), [style]).cpu()}
             found = reference_for(reference, content_path, style_path) if reference else None

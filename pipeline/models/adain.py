@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError, InputError, WeightsError
+from pipeline.errors import ConfigError, WeightsError
 from pipeline.models import vgg
 from pipeline.models.base import Style, Stylizer, normalized_weights
 from pipeline.models.registry import ModelCard, register
@@ -110,12 +110,6 @@ def mix_targets(targets: list[Tensor], weights: list[float], regions: Tensor | N
     return sum((regions[:, k : k + 1] * t for k, t in enumerate(targets)), torch.zeros_like(targets[0]))
 
 
-def require_min_size(x: Tensor, min_px: int, *, what: str, model: str) -> None:
-    # below this the deepest reflection pad / pooling of the encoder has nothing left to work on
-    if min(x.shape[-2:]) < min_px:
-        raise InputError(f"{model} needs {what} of at least {min_px}x{min_px} px, got {tuple(x.shape)}")
-
-
 class AdaIN(Stylizer):
     """AdaIN stylizer: content (B,3,H,W) in [0,1] + weighted style images -> (B,3,H,W) in [0,1].
 
@@ -142,10 +136,6 @@ class AdaIN(Stylizer):
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x, ["relu4_1"])["relu4_1"]
 
-    def _encode_style(self, image: Tensor) -> Tensor:
-        require_min_size(image, self.min_px, what="style images", model=self.name)
-        return self.encode(image)
-
     def targets(self, f_c: Tensor, style_feats: list[Tensor], regions: Tensor | None) -> list[Tensor]:
         """One transformed feature map (B,C,h,w) per style; ``regions`` (B,K,h,w) or None."""
         return [
@@ -153,7 +143,7 @@ class AdaIN(Stylizer):
         ]
 
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
-        require_min_size(content, self.min_px, what="content", model=self.name)
+        self.require_min_size(content, what="content")
         f_c = self.encode(content)
         if alpha == 0.0:
             return self.decoder(f_c)  # every style term would be multiplied by zero
@@ -161,9 +151,7 @@ class AdaIN(Stylizer):
         regions = None
         if masks is not None:
             regions = region_masks(masks, tuple(f_c.shape[-2:]), len(styles), content.shape[0]).to(f_c)
-        style_feats = [
-            self.style_features(s, self._encode_style, device=f_c.device, dtype=content.dtype) for s in styles
-        ]
+        style_feats = [self.style_features(s, self.encode, device=f_c.device, dtype=content.dtype) for s in styles]
         t = mix_targets(self.targets(f_c, style_feats, regions), weights, regions)
         return self.decoder(alpha * t + (1.0 - alpha) * f_c)
 

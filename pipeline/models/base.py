@@ -104,6 +104,13 @@ class Stylizer(nn.Module):
     native_masks: ClassVar[bool] = False
     native_mixing: ClassVar[bool] = True
     feed_forward: ClassVar[bool] = True
+    # smallest side (px) the network can take: below it the deepest padding / pooling has nothing left
+    min_px: ClassVar[int] = 1
+
+    def require_min_size(self, x: Tensor, *, what: str) -> None:
+        if min(x.shape[-2:]) < self.min_px:
+            side = f"{self.min_px}x{self.min_px}"
+            raise InputError(f"{self.name} needs {what} of at least {side} px, got {tuple(x.shape)}")
 
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -113,7 +120,8 @@ class Stylizer(nn.Module):
     def style_features(
         self, style: Style, encode: Callable[[Tensor], Any], *, device: torch.device, dtype: torch.dtype
     ) -> Any:
-        """``encode(style image)``, remembered per style image: a batch job with one style encodes it once.
+        """``encode(style image)`` after the ``min_px`` check, remembered per style image: a batch job with
+        one style encodes it once.
 
         Keyed on the image tensor object itself (kept alive by the entry, so its id cannot be reused)
         plus device and dtype; a few recent styles are kept.
@@ -125,7 +133,9 @@ class Stylizer(nn.Module):
         if hit is not None and hit[0] is style.image:
             cache.move_to_end(key)
             return hit[1]
-        value = encode(style.image_batch(device, dtype))
+        image = style.image_batch(device, dtype)
+        self.require_min_size(image, what="style images")
+        value = encode(image)
         cache[key] = (style.image, value)
         while len(cache) > self.STYLE_CACHE_SIZE:
             cache.popitem(last=False)

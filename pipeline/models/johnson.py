@@ -20,7 +20,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import InputError, WeightsError
+from pipeline.errors import WeightsError
 from pipeline.models.base import Style, Stylizer
 from pipeline.models.registry import ModelCard, register
 from pipeline.models.weights import load_into, load_state_dict, read_metadata, split_sha256
@@ -128,10 +128,7 @@ class Johnson(Stylizer):
         self.input_scale = float(input_scale)
 
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
-        if min(content.shape[-2:]) < self.min_px:
-            raise InputError(
-                f"johnson needs content of at least {self.min_px}x{self.min_px} px, got {tuple(content.shape)}"
-            )
+        self.require_min_size(content, what="content")
         stylized = self.net(content * self.input_scale) / self.input_scale
         return alpha * stylized + (1.0 - alpha) * content
 

@@ -31,7 +31,6 @@ from pipeline.models.adain import (
     mix_targets,
     read_checkpoint,
     region_masks,
-    require_min_size,
 )
 from pipeline.models.base import Style, Stylizer, normalized_weights
 from pipeline.models.registry import ModelCard, register
@@ -131,12 +130,8 @@ class SANet(Stylizer):
         feats = self.encoder(x, ["relu4_1", "relu5_1"])
         return feats["relu4_1"], feats["relu5_1"]
 
-    def _encode_style(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        require_min_size(image, self.min_px, what="style images", model=self.name)
-        return self.encode(image)
-
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
-        require_min_size(content, self.min_px, what="content", model=self.name)
+        self.require_min_size(content, what="content")
         c4, c5 = self.encode(content)
         weights = normalized_weights(styles)
         regions = None
@@ -144,7 +139,7 @@ class SANet(Stylizer):
             regions = region_masks(masks, tuple(c4.shape[-2:]), len(styles), content.shape[0]).to(c4)
         targets = []
         for style in styles:
-            s4, s5 = self.style_features(style, self._encode_style, device=c4.device, dtype=content.dtype)
+            s4, s5 = self.style_features(style, self.encode, device=c4.device, dtype=content.dtype)
             targets.append(self.transform(c4, s4, c5, s5))
         t = mix_targets(targets, weights, regions)
         return self.decoder(alpha * t + (1.0 - alpha) * c4)
