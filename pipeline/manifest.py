@@ -417,6 +417,24 @@ def read_manifest(path: str, storage_options: dict[str, Any] | None = None) -> p
     return table
 
 
+def read_uri_list(
+    path: str, storage_options: dict[str, Any] | None = None, allowed_schemes: Iterable[str] = ALLOWED_SCHEMES
+) -> list[str]:
+    """URIs (or style specs) listed by ``path``: a Parquet manifest's ``uri`` column, or a UTF-8 text
+    file with one entry a line (blank lines and ``#`` comments skipped). Raises ``ManifestError``."""
+    if str(path).endswith(".parquet"):
+        return [str(u) for u in read_manifest(path, storage_options).column("uri").to_pylist() if u]
+    from pipeline.storage import read_source
+
+    try:
+        text = read_source(path, allowed_schemes, storage_options).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path} is neither a .parquet manifest nor a UTF-8 list of URIs") from None
+    except StorageError as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 def row_problem(image_id: object, uri: object, allowed_schemes: Iterable[str] = ALLOWED_SCHEMES) -> str | None:
     """Why one row cannot be processed, or None: what the runner records as the row's failure."""
     if image_id is None or image_id == "":

@@ -1,0 +1,69 @@
+"""Connecting to Ray: the one place that starts or joins a Ray session and knows the repository root.
+
+Batch jobs (``pipeline.runner``) and training (``pipeline.train.loop``) both come through here, so a
+local run and a cluster run get the same code shipping, the same plugin modules and the same quiet
+terminal: Ray's own log lines (start-up warnings, core-worker messages) go to its session log files,
+never to the user's terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+PLUGINS_ENV = "STYLIZE_PLUGINS"
+# what a shipped working_dir leaves out (caches, local outputs, the virtualenv)
+EXCLUDES = [".venv", ".git", "stylize-demo", "**/__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+
+
+def repo_root() -> str:
+    """The checkout this package runs from (what a cluster job ships as its working_dir)."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _quiet() -> None:
+    # Ray prints these through Python logging/warnings on every start; they say nothing a user can act on
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray._private"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"ray(\..*)?")
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Join ``address`` / ``$RAY_ADDRESS``, or start an embedded local Ray; True if started here.
+
+    Inside ``ray job submit`` the job's runtime_env already ships this code, so nothing is added.
+    The embedded Ray binds 127.0.0.1 and never attaches to a cluster a ``ray start`` left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    _quiet()
+    address = address or os.environ.get("RAY_ADDRESS")
+    env: dict[str, str] = {}
+    if os.environ.get(PLUGINS_ENV):
+        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+    common = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        ray.init(address=address or None, **common)
+    elif address:
+        runtime_env = {"working_dir": repo_root(), "excludes": EXCLUDES, "env_vars": env}
+        ray.init(address=address, runtime_env=runtime_env, **common)
+    else:
+        # Ray workers start in a session directory: make this package importable there too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root(), os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 2,
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            _node_ip_address="127.0.0.1",
+            **common,
+        )
+    return True
