@@ -44,6 +44,7 @@ from fsspec.core import split_protocol
 
 from pipeline.codec import probe
 from pipeline.errors import DecodeError, ManifestError, StorageError
+from pipeline.plan import Fingerprint, manifest_metadata
 from pipeline.storage import ALLOWED_SCHEMES, check_scheme, is_local, key_problem, open_fs, schemes_of
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -250,6 +251,7 @@ def build_manifest(
             schema=SCHEMA,
         )
 
+    fingerprint, seen = Fingerprint(), set()
     with ThreadPoolExecutor(max_workers=max(1, probe_workers)) as pool, _local_output(out, storage_options) as tmp:
         with pq.ParquetWriter(tmp, SCHEMA) as writer:
             batch: list[tuple[str, dict]] = []
@@ -268,10 +270,11 @@ def build_manifest(
                     continue
                 batch.append((path, info))
                 if len(batch) >= batch_rows:
-                    writer.write_table(to_table(batch))
+                    writer.write_table(_fingerprinted(to_table(batch), fingerprint, seen))
                     batch = []
             if batch:
-                writer.write_table(to_table(batch))
+                writer.write_table(_fingerprinted(to_table(batch), fingerprint, seen))
+            writer.add_key_value_metadata(manifest_metadata(fingerprint.hexdigest(), len(seen) == stats.rows))
         if stats.rows == 0:
             raise ManifestError(
                 f"no images under {src}: listed {stats.listed} files, none with {', '.join(sorted(exts))}"
@@ -279,6 +282,25 @@ def build_manifest(
     stats.unreadable_dirs = len(errors)
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _fingerprinted(table: pa.Table, fingerprint: Fingerprint, seen: set[str]) -> pa.Table:
+    """Feed a written batch to the manifest's fingerprint and duplicate check (stored in its footer)."""
+    fingerprint.update(table.column("image_id"), table.column("uri"))
+    seen.update(table.column("image_id").to_pylist())
+    return table
+
+
+def write_table(table: pa.Table, path: str, *, row_group_size: int = 65_536) -> None:
+    """Write a manifest table with its fingerprint and duplicate check in the footer (what planning reads)."""
+    fingerprint = Fingerprint()
+    fingerprint.update(table.column("image_id"), table.column("uri"))
+    unique = pc.count_distinct(table.column("image_id"), mode="all").as_py() == table.num_rows
+    meta = {k.decode(): v.decode() for k, v in manifest_metadata(fingerprint.hexdigest(), unique).items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    with pq.ParquetWriter(path, table.schema) as writer:
+        writer.write_table(table, row_group_size=row_group_size)
+        writer.add_key_value_metadata(meta)
 
 
 # -- from an existing table ----------------------------------------------------------------------
@@ -386,7 +408,7 @@ def from_table(
         schema=pa.schema(list(SCHEMA) + [table.schema.field(n) for n in extra]),
     )
     with _local_output(out, storage_options) as tmp:
-        pq.write_table(result, tmp)
+        write_table(result, tmp)
     sizes = result.column("size_bytes")
     return ManifestStats(
         out=out,

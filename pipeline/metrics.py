@@ -1,8 +1,10 @@
 """Per-image metric rows, optional quality metrics, and the run summary.
 
 Every manifest row becomes exactly one metrics row (``status`` ok or failed). Quality metrics
-are measured with the shared VGG (``pipeline.models.vgg``) on a copy downscaled to at most
-``QUALITY_SIDE`` px so a 40-megapixel photo costs the same as a thumbnail:
+are measured with the shared VGG (``pipeline.models.vgg``) on copies brought to a fixed small working
+size (longer side ``QUALITY_SIDE`` px, with the one max-side resize) on the actor's device, a whole
+batch per VGG pass and each style's Gram matrices once, so a 40-megapixel photo costs the same as a
+thumbnail:
 
 - ``style_distance``: mean over relu1_1..relu4_1 of ``||G(out) - G(style)||_F / ||G(style)||_F``
   (Gram matrices; the target of a mix is the weighted mean of the styles' Grams). Index and
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from pipeline.models.base import Style
 
-QUALITY_SIDE = 512
+QUALITY_SIDE = 256
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 CONTENT_LAYER = "relu4_1"
 
@@ -51,6 +53,7 @@ METRICS_SCHEMA = pa.schema(
         ("seconds_decode", pa.float64()),
         ("seconds_stylize", pa.float64()),
         ("seconds_encode", pa.float64()),
+        ("seconds_metrics", pa.float64()),
         ("style_distance", pa.float64()),
         ("content_distance", pa.float64()),
         ("colour_distance", pa.float64()),
@@ -94,15 +97,6 @@ def read_table(data: bytes) -> pa.Table:
 # --- quality --------------------------------------------------------------------------------------
 
 
-def _downscale(x: Tensor, side: int = QUALITY_SIDE) -> Tensor:
-    h, w = x.shape[-2:]
-    if max(h, w) <= side:
-        return x
-    scale = side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 def colour_distance(out: Tensor, content: Tensor) -> float:
     """Distance between per-channel RGB (mean, std) of two (1,3,H,W) images in [0,1]."""
 
@@ -116,19 +110,22 @@ def colour_distance(out: Tensor, content: Tensor) -> float:
 class QualityScorer:
     """Quality metrics on a device, with the VGG loaded once and style Grams cached per style spec."""
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, encoder: torch.nn.Module, side: int = QUALITY_SIDE) -> None:
         self.encoder = encoder
+        self.side = side
         self.device = next(encoder.parameters()).device
         self._style_grams: dict[str, list[Tensor] | None] = {}
 
     @classmethod
-    def load(cls, source: str | None, device: str | torch.device = "cpu") -> QualityScorer:
+    def load(cls, source: str | None, device: str | torch.device = "cpu", side: int = QUALITY_SIDE) -> QualityScorer:
         from pipeline.models.vgg import load_encoder
 
-        return cls(load_encoder(source or "auto", last=CONTENT_LAYER, device=device))
+        return cls(load_encoder(source or "auto", last=CONTENT_LAYER, device=device), side)
 
     def _features(self, x: Tensor) -> dict[str, Tensor]:
-        return self.encoder(_downscale(x.to(self.device)), layers=STYLE_LAYERS)
+        from pipeline.models.controls import resize_max_side
+
+        return self.encoder(resize_max_side(x.to(self.device).float(), self.side), layers=STYLE_LAYERS)
 
     def _grams(self, spec: str, styles: Sequence[Style]) -> list[Tensor] | None:
         from pipeline.models.base import normalized_weights
@@ -149,27 +146,39 @@ class QualityScorer:
         return self._style_grams[spec]
 
     @torch.no_grad()
-    def score(self, out: Tensor, content: Tensor, spec: str, styles: Sequence[Style]) -> dict[str, float]:
-        """``out`` and ``content``: (1,3,H,W) in [0,1] (sizes may differ). Returns the quality columns."""
+    def score_batch(
+        self, out: Tensor, content: Tensor, specs: Sequence[str], styles: Sequence[Sequence[Style]]
+    ) -> list[dict[str, float]]:
+        """``out`` and ``content``: (B,3,H,W) in [0,1] of one size; one spec and style list per image."""
         from pipeline.models.vgg import gram
 
-        f_out, f_content = self._features(out), self._features(content)
-        a, b = f_out[CONTENT_LAYER], f_content[CONTENT_LAYER]
-        if a.shape != b.shape:
-            a = torch.nn.functional.interpolate(a, size=b.shape[-2:], mode="bilinear", align_corners=False)
-        result = {
-            "content_distance": float((a - b).norm() / b.norm().clamp_min(1e-8)),
-            "colour_distance": colour_distance(out.cpu(), content.cpu()),
-            "style_distance": float("nan"),
-        }
-        targets = self._grams(spec, styles)
-        if targets is not None:
-            dists = [
-                float((gram(f_out[n]) - t).norm() / t.norm().clamp_min(1e-12))
-                for n, t in zip(STYLE_LAYERS, targets, strict=True)
-            ]
-            result["style_distance"] = sum(dists) / len(dists)
-        return result
+        feats = self._features(torch.cat([out, content]))
+        b = out.shape[0]
+        rows = []
+        for i in range(b):
+            a, c = feats[CONTENT_LAYER][i], feats[CONTENT_LAYER][b + i]
+            row = {
+                "content_distance": float((a - c).norm() / c.norm().clamp_min(1e-8)),
+                "colour_distance": colour_distance(out[i : i + 1].cpu(), content[i : i + 1].cpu()),
+                "style_distance": float("nan"),
+            }
+            targets = self._grams(specs[i], styles[i])
+            if targets is not None:
+                dists = [
+                    float((gram(feats[n][i : i + 1]) - t).norm() / t.norm().clamp_min(1e-12))
+                    for n, t in zip(STYLE_LAYERS, targets, strict=True)
+                ]
+                row["style_distance"] = sum(dists) / len(dists)
+            rows.append(row)
+        return rows
+
+    def score(self, out: Tensor, content: Tensor, spec: str, styles: Sequence[Style]) -> dict[str, float]:
+        """One image: ``out`` and ``content`` (1,3,H,W) in [0,1]; sizes may differ (content's wins)."""
+        if out.shape[-2:] != content.shape[-2:]:
+            out = torch.nn.functional.interpolate(
+                out, size=content.shape[-2:], mode="bilinear", align_corners=False, antialias=True
+            )
+        return self.score_batch(out, content, [spec], [styles])[0]
 
 
 # --- summary --------------------------------------------------------------------------------------
@@ -195,17 +204,54 @@ def versions() -> dict[str, str]:
     return out
 
 
+SUMMED = ("seconds_decode", "seconds_stylize", "seconds_encode", "seconds_metrics", *QUALITY_COLUMNS)
+SUMMARY_KEY = b"stylize.shard_summary"
+
+
+def shard_summary(rows: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """What a shard's metrics file carries in its footer: counts and sums, so the driver reads no rows."""
+    out: dict[str, Any] = {
+        "rows": len(rows),
+        "ok": sum(r.get("status") == "ok" for r in rows),
+        "failed": sum(r.get("status") != "ok" for r in rows),
+    }
+    for col in SUMMED:
+        vals = [float(r[col]) for r in rows if r.get(col) is not None and float(r[col]) == float(r[col])]
+        out[f"sum_{col}"], out[f"n_{col}"] = sum(vals), len(vals)
+    out.update(extra)
+    return out
+
+
+def shard_file(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> bytes:
+    """The shard's metrics Parquet, its summary in the footer."""
+    table = to_table(rows)
+    table = table.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary).encode()})
+    return table_bytes(table)
+
+
+def read_shard_summary(fs: Any, path: str) -> dict[str, Any]:
+    """The footer summary of one shard file (older files without one: computed from the rows)."""
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        meta = pf.schema_arrow.metadata or {}
+        if SUMMARY_KEY in meta:
+            return json.loads(meta[SUMMARY_KEY])
+        return shard_summary(pf.read().to_pylist())
+
+
 def summarize(
-    table: pa.Table, *, config: dict[str, Any], wall_seconds: float, processed: int, extra: dict[str, Any] | None = None
+    shards: Sequence[dict[str, Any]],
+    *,
+    config: dict[str, Any],
+    wall_seconds: float,
+    processed: int,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``_SUCCESS`` document: counts over all metrics rows, throughput of this run's ``processed`` rows."""
-    status = table.column("status").to_pylist() if table.num_rows else []
-    ok = sum(s == "ok" for s in status)
-    failed = sum(s == "failed" for s in status)
+    """The ``_SUCCESS`` document from the shard summaries: counts over all rows, this run's throughput."""
     summary: dict[str, Any] = {
-        "rows": table.num_rows,
-        "ok": ok,
-        "failed": failed,
+        "rows": sum(int(s["rows"]) for s in shards),
+        "ok": sum(int(s["ok"]) for s in shards),
+        "failed": sum(int(s["failed"]) for s in shards),
         "processed_this_run": processed,
         "wall_seconds": round(wall_seconds, 3),
         "images_per_second": round(processed / wall_seconds, 4) if wall_seconds > 0 else None,
@@ -213,11 +259,15 @@ def summarize(
         "config": config,
         "versions": versions(),
     }
-    if table.num_rows:
-        for col in ("seconds_decode", "seconds_stylize", "seconds_encode", *QUALITY_COLUMNS):
-            vals = [v for v in table.column(col).to_pylist() if v is not None]
-            if vals:
-                summary[f"mean_{col}"] = sum(vals) / len(vals)
+    for col in SUMMED:
+        n = sum(int(s.get(f"n_{col}", 0)) for s in shards)
+        if n:
+            summary[f"mean_{col}"] = sum(float(s.get(f"sum_{col}", 0.0)) for s in shards) / n
+    calls = sum(int(s.get("model_calls", 0)) for s in shards)
+    if calls:
+        images = sum(int(s.get("images_in_calls", 0)) for s in shards)
+        summary["model_calls"] = calls
+        summary["batch_fill"] = round(images / calls / max(1, int(config.get("batch_size") or 1)), 4)
     summary.update(extra or {})
     return summary
 

@@ -7,7 +7,11 @@ integer is a built-in style index; anything else is an image path or URI. A trai
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from pipeline.codec import read_image, to_tensor
 from pipeline.errors import ConfigError
@@ -41,3 +45,41 @@ def parse_style_spec(spec: str, *, load_images: bool = True) -> list[Style]:
         else:
             styles.append(Style(weight=weight, label=src))
     return styles
+
+
+def assign_styles(
+    image_ids: Sequence[str],
+    config: Any,
+    column: Sequence[Any] | None = None,
+) -> list[str]:
+    """The style spec of each row: per-row ``column`` values, else one sampled from ``config.style_manifest``
+    (seeded per image id, so it depends on neither sharding nor reruns), else ``config.style``."""
+    default = config.style
+    if column is not None:
+        return [str(v) if v not in (None, "") else str(default) for v in column]
+    if config.style_manifest:
+        pool = style_pool(config.style_manifest, config)
+        out = []
+        for image_id in image_ids:
+            digest = hashlib.sha256(f"{config.style_seed}:{image_id}".encode()).digest()
+            out.append(pool[random.Random(digest).randrange(len(pool))])
+        return out
+    if not default:
+        raise ConfigError("no style: set style, style_column or style_manifest")
+    return [str(default)] * len(image_ids)
+
+
+_POOLS: dict[tuple[str, str], list[str]] = {}
+
+
+def style_pool(path: str, config: Any) -> list[str]:
+    """The specs a style manifest lists (read once per process)."""
+    from pipeline.manifest import read_uri_list
+
+    key = (path, repr(sorted((config.storage_options or {}).items())))
+    if key not in _POOLS:
+        pool = read_uri_list(path, config.storage_options or None, config.allowed_schemes)
+        if not pool:
+            raise ConfigError(f"style manifest {path} lists no styles")
+        _POOLS[key] = pool
+    return _POOLS[key]

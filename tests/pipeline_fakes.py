@@ -42,28 +42,18 @@ class CrashyStylizer(InvertStylizer):
         return super().transfer(content, styles, alpha=alpha, masks=masks)
 
 
-def _register(name: str, cls: type[Stylizer], style_kind: str) -> None:
+def _register(cls: type[Stylizer]) -> None:
     try:
-        get_card(name)
+        get_card(cls.name)
         return
     except ModelNotFound:
         pass
-    register(
-        ModelCard(
-            name=name,
-            family="test",
-            paper="test double",
-            style_kind=style_kind,  # type: ignore[arg-type]
-            weight_sources=(),
-            preprocessing="none",
-            factory=lambda **_: cls(),
-        )
-    )
+    register(ModelCard(stylizer=cls, paper="test double", preprocessing="none", factory=lambda **_: cls()))
 
 
-_register("test-invert", InvertStylizer, "index")
-_register("test-crashy", CrashyStylizer, "index")
-_register("test-tint", TintStylizer, "image")
+_register(InvertStylizer)
+_register(CrashyStylizer)
+_register(TintStylizer)
 
 
 class SlowStylizer(InvertStylizer):
@@ -78,4 +68,36 @@ class SlowStylizer(InvertStylizer):
         return super().transfer(content, styles, alpha=alpha, masks=masks)
 
 
-_register("test-slow", SlowStylizer, "index")
+_register(SlowStylizer)
+
+
+class PickyStylizer(InvertStylizer):
+    """``test-invert`` that raises (a Python error, not a crash) when a batch holds a pure magenta image."""
+
+    name = "test-picky"
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        for img in content:
+            if img[0].min() > 0.99 and img[1].max() < 0.01 and img[2].min() > 0.99:
+                raise ValueError("picky: magenta")
+        return super().transfer(content, styles, alpha=alpha, masks=masks)
+
+
+class DiesOnceStylizer(InvertStylizer):
+    """``test-invert`` whose process dies on its second model call, once per flag file
+    (``$STYLIZE_TEST_FLAG_DIR``): a worker killed in the middle of a shard."""
+
+    name = "test-dies-once"
+    calls = 0
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        type(self).calls += 1
+        flag = os.path.join(os.environ.get("STYLIZE_TEST_FLAG_DIR", "/nonexistent"), "died")
+        if type(self).calls == 2 and os.path.isdir(os.path.dirname(flag)) and not os.path.exists(flag):
+            open(flag, "w").close()
+            os._exit(9)
+        return super().transfer(content, styles, alpha=alpha, masks=masks)
+
+
+_register(PickyStylizer)
+_register(DiesOnceStylizer)

@@ -1,4 +1,4 @@
-"""The Ray Data plan on an embedded local Ray: end to end, resume after a kill, crashes, S3."""
+"""The actor pool on an embedded local Ray: end to end, resume after a kill, crashes, S3, a quiet terminal."""
 
 from __future__ import annotations
 
@@ -32,13 +32,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
+def local_ray(tmp_path_factory: pytest.TempPathFactory):
     import ray
+
+    from pipeline.raysession import ensure_ray
 
     mp = pytest.MonkeyPatch()
     mp.setenv("STYLIZE_PLUGINS", PLUGIN)
     mp.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    runner.ensure_ray()
+    # Ray's workers inherit this process's environment: where test-dies-once keeps its flag
+    mp.setenv("STYLIZE_TEST_FLAG_DIR", str(tmp_path_factory.mktemp("flags")))
+    ensure_ray()
     yield
     ray.shutdown()
     mp.undo()
@@ -57,9 +61,9 @@ def test_end_to_end_bad_inputs_attacks_and_rerun(tmp_path: Path) -> None:
     styles = [str(i % 3) for i in range(len(rows))]
     manifest = write_manifest(tmp_path / "m.parquet", rows, style=styles)
     out = tmp_path / "out"
-    config = job_config(manifest, out, batch_size=2, style_column="style")
+    config = job_config(manifest, out, batch_size=2, style_column="style", shard_rows=4)
 
-    summary = runner.run(config, shard_rows=4)
+    summary = runner.run(config)
 
     got = metrics_rows(out)
     assert sorted(r["image_id"] for r in got) == sorted(r[0] for r in rows)  # exactly one row each
@@ -94,7 +98,7 @@ KILL_SCRIPT = """
 import sys
 from pipeline import runner
 from tests.pipeline_helpers import job_config
-runner.run(job_config(sys.argv[1], sys.argv[2], stylizer="test-slow", batch_size=2), shard_rows=2)
+runner.run(job_config(sys.argv[1], sys.argv[2], stylizer="test-slow", batch_size=2, shard_rows=2))
 """
 
 
@@ -151,6 +155,58 @@ def test_an_input_that_crashes_the_worker_is_retried_then_failed(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_an_actor_killed_in_the_middle_of_a_shard_is_restarted_and_the_shard_finishes(tmp_path: Path) -> None:
+    flag = Path(os.environ["STYLIZE_TEST_FLAG_DIR"]) / "died"
+    paths = write_inputs(tmp_path / "in", {f"k{i}": encode(photo((32, 32), seed=i)) for i in range(6)})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    out = tmp_path / "out"
+    summary = runner.run(job_config(manifest, out, stylizer="test-dies-once", batch_size=2, shard_rows=6))
+    assert flag.exists()  # the process did die during its second model call, mid-shard
+    got = metrics_rows(out)
+    assert sorted(r["image_id"] for r in got) == sorted(paths)
+    assert summary["ok"] == 6 and summary["rows"] == 6
+    assert {p for p in files_under(out) if p.startswith("images/")} == {f"images/{i}.png" for i in paths}
+    assert not (out / "_attempts").exists()
+
+
+def test_a_successful_run_prints_only_the_bar_and_the_summary(tmp_path: Path) -> None:
+    paths = write_inputs(tmp_path / "in", {f"q{i}": encode(photo((32, 24), seed=i)) for i in range(5)})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STYLIZE_PLUGINS": PLUGIN}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "stylize"),
+            "run",
+            "--manifest",
+            str(manifest),
+            "--output",
+            str(out),
+            "--stylizer",
+            "test-invert",
+            "--style",
+            "1",
+            "--set",
+            "metrics=false",
+            "--set",
+            "format=png",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    for noise in ("WARNING", "Traceback", "core_worker", "INFO", "Progress bars"):
+        assert noise not in text, text
+    assert proc.stdout.strip().splitlines()[-1].startswith("5 rows: 5 ok, 0 failed"), text
+    assert not (out / "_attempts").exists()
+
+
+@pytest.mark.slow
 def test_s3_end_to_end(tmp_path: Path) -> None:
     from tests.s3server import create_bucket, s3_server
 
@@ -164,8 +220,8 @@ def test_s3_end_to_end(tmp_path: Path) -> None:
             rows.append((f"p{i}", f"s3://photos/in/p{i}.png"))
         rows.append(("missing", "s3://photos/in/missing.png"))
         manifest = write_manifest(tmp_path / "m.parquet", rows)
-        config = job_config(manifest, "s3://photos/out", storage_options=options, batch_size=2)
-        summary = runner.run(config, shard_rows=2)
+        config = job_config(manifest, "s3://photos/out", storage_options=options, batch_size=2, shard_rows=2)
+        summary = runner.run(config)
         assert (summary["ok"], summary["failed"]) == (3, 1)
         store = Storage("s3://photos/out", options)
         keys = store.list("")

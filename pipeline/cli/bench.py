@@ -30,8 +30,8 @@ def models_bench(
     from rich.table import Table
 
     from pipeline.benchmarks import bench_models, random_init
+    from pipeline.devices import resolve_device
     from pipeline.models import list_models
-    from pipeline.models.base import resolve_device
 
     dev = resolve_device(device)
     names = stylizer or [card.name for card in list_models()]
@@ -86,10 +86,10 @@ def quality_bench(
     from rich.table import Table
 
     from pipeline.benchmarks import quality_rows
+    from pipeline.devices import resolve_device
     from pipeline.errors import ConfigError, InputError
     from pipeline.metrics import QualityScorer
     from pipeline.models import create, get_card
-    from pipeline.models.base import resolve_device
 
     if reference is not None and not reference.is_dir():
         raise InputError(f"--reference {reference} is not a folder")
@@ -146,20 +146,26 @@ def _model_only(config: Any, paths: list[str], repeats: int) -> float:
     import torch
 
     from pipeline.codec import decode_image, to_tensor
-    from pipeline.worker import Stylist
+    from pipeline.shard import ShardWorker
 
-    stylist = Stylist(config, threads=os.cpu_count() or 1)
+    worker = ShardWorker(config, threads=os.cpu_count() or 1)
     tensors = [to_tensor(decode_image(Path(p).read_bytes()).array) for p in paths]
-    styles = stylist.styles(config.style)
+    styles = worker.styles(config.style)
     bs = config.batch_size
     batches = [torch.cat(tensors[i : i + bs]) for i in range(0, len(tensors), bs)]
-    stylist._run(batches[0], styles)  # warm-up: allocator, first-call kernels
+
+    def run(batch: torch.Tensor) -> None:
+        with torch.inference_mode():
+            worker._model(batch.to(worker.device), [styles] * batch.shape[0], None)
+
+    run(batches[0])  # warm-up: allocator, first-call kernels
     start = time.perf_counter()
     done = 0
     for _ in range(repeats):
         for batch in batches:
-            stylist._run(batch, styles)
+            run(batch)
             done += batch.shape[0]
+    worker.close()
     return done / (time.perf_counter() - start)
 
 
@@ -178,6 +184,7 @@ def pipeline_bench(
 
     from pipeline import runner
     from pipeline.config import JobConfig
+    from pipeline.raysession import ensure_ray
 
     with tempfile.TemporaryDirectory(prefix="stylize-bench-") as tmp:
         root = Path(workdir or tmp)
@@ -200,7 +207,7 @@ def pipeline_bench(
         )
         paths = [p for _, p in rows]
         before = _model_only(config, paths, repeats=1)
-        runner.ensure_ray()  # cluster start-up is not part of a job's throughput
+        ensure_ray()  # cluster start-up is not part of a job's throughput
         start = time.perf_counter()
         summary = runner.run(config)
         wall = time.perf_counter() - start
@@ -231,3 +238,11 @@ def pipeline_bench(
             "load_average_1m": round(os.getloadavg()[0], 2),
         }
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("report")
+def report(rows: Annotated[int, typer.Option(help="Synthetic metric rows.")] = 100_000) -> None:
+    """Time `stylize report` on a synthetic output of ROWS rows (seconds, HTML bytes); prints JSON."""
+    from pipeline.bench_report import bench_report
+
+    typer.echo(json.dumps(bench_report(rows), indent=2))

@@ -1,0 +1,36 @@
+"""The keys of a job's output: what the runner writes and the report, CLI and tools read.
+
+```
+OUTPUT/images/<image_id>.<ext>        one per ok row, derived from the image id only
+OUTPUT/metrics/shard-NNNNN.parquet    one per shard: its rows' metrics; written last, the shard's commit marker
+OUTPUT/_attempts/shard-NNNNN.json     while a shard runs: its attempt count (gone after a clean run)
+OUTPUT/_plan.json                     the shard plan and the manifest's fingerprint
+OUTPUT/_SUCCESS                       the run summary, written last
+```
+"""
+
+from __future__ import annotations
+
+from pipeline.storage import safe_key
+
+IMAGES_PREFIX = "images"
+METRICS_PREFIX = "metrics"
+ATTEMPTS_PREFIX = "_attempts"
+PLAN_KEY = "_plan.json"
+SUCCESS_KEY = "_SUCCESS"
+LOG_KEY = "_logs"
+EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}
+
+
+def shard_key(shard: int) -> str:
+    return f"{METRICS_PREFIX}/shard-{shard:05d}.parquet"
+
+
+def attempt_key(shard: int) -> str:
+    return f"{ATTEMPTS_PREFIX}/shard-{shard:05d}.json"
+
+
+def output_key(image_id: str, fmt: str) -> str:
+    """``images/<safe id>.<ext>``: derived from the image id only, so reruns overwrite, never duplicate."""
+    ext = EXTENSIONS.get(str(fmt).lower(), str(fmt).lower())
+    return safe_key(IMAGES_PREFIX, f"{image_id}.{ext}")

@@ -1,0 +1,391 @@
+"""One shard end to end, without Ray: read rows -> fetch/decode -> batch -> stylize -> encode/write -> metrics.
+
+A ``ShardWorker`` holds one loaded stylizer (and the metrics VGG). ``run(shard)`` reads the shard's
+rows from the manifest itself (only the columns it needs), fetches and decodes in a thread pool
+that runs ahead of the model, groups the decoded images into model calls that fill
+(``pipeline.batching``), encodes and writes each output in threads, and finally writes the shard's
+metrics Parquet atomically. That file is the shard's commit marker; the caller receives only
+its small summary.
+
+Every row ends as exactly one metrics row, ``ok`` or ``failed`` with a one-line reason: a bad
+input never raises. Crashes (a segfault or OOM kill in a native library) are bounded by one
+marker per shard attempt, ``_attempts/shard-N.json``. A first attempt writes it, works at full
+speed and deletes it after the commit. If a process dies, the retried task finds the marker and
+goes one image at a time, naming each image in the marker before touching it; an image that was
+the suspect of ``max_retries`` crashes becomes a failed row instead of being tried again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from pipeline import layout
+from pipeline.batching import Call, plan_calls
+from pipeline.codec import decode_image, encode_image, fit, to_array, to_tensor
+from pipeline.config import JobConfig
+from pipeline.devices import resolve_device
+from pipeline.errors import InputError, StorageError, StylizeError
+from pipeline.metrics import QualityScorer, shard_file, shard_summary
+from pipeline.models.base import Style
+from pipeline.models.controls import stylize
+from pipeline.raysession import import_plugins
+from pipeline.storage import Storage, read_source
+from pipeline.styles import assign_styles, parse_style_spec
+
+Row = dict[str, Any]
+WINDOW_PIXELS = 48_000_000  # decoded pixels grouped at once (float32 RGB: ~580 MB); bounds memory on huge photos
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, StylizeError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:500] or type(exc).__name__
+
+
+@dataclass
+class Item:
+    """One manifest row on its way through the shard: its metrics row and, while in flight, pixels."""
+
+    row: Row
+    pixels: torch.Tensor | None = None  # (1,3,H,W) uint8 after max_side (a quarter of float's memory)
+    mask: torch.Tensor | None = None  # (1,1,H,W) in [0,1]
+    output: Future[str] | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+    def fail(self, error: str) -> None:
+        self.row["status"] = "failed"
+        self.row["error"] = " ".join(str(error).split())[:500] or "failed"
+        self.pixels = self.mask = None
+
+
+def start_row(image_id: str, uri: str, shard: int, row: int, style: str, stylizer: str) -> Row:
+    return {
+        "image_id": image_id,
+        "source_uri": uri,
+        "shard": shard,
+        "row": row,
+        "style": style,
+        "stylizer": stylizer,
+        "status": "ok",
+        "error": "",
+        "output_uri": "",
+        "note": "",
+    }
+
+
+class ShardWorker:
+    """Owns a loaded stylizer and processes whole shards of one job's manifest."""
+
+    def __init__(self, config: JobConfig, *, threads: int | None = None, io_threads: int = 4) -> None:
+        import pipeline.models as models
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        import_plugins()
+        self.config = config
+        self.device = resolve_device(config.device)
+        kwargs: dict[str, Any] = {"device": self.device, "encoder_weights": config.encoder_weights}
+        if config.weights:
+            kwargs["weights"] = config.weights
+        self.model = models.create(config.stylizer, **kwargs)
+        self.scorer = QualityScorer.load(config.encoder_weights, device=self.device) if config.metrics else None
+        self.storage = Storage(config.output, config.storage_options or None)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="stylize-io")
+        self._styles: dict[str, list[Style]] = {}
+        self._group: tuple[int, pa.Table] | None = None  # the last manifest row group read
+        self.mixes_styles = bool(getattr(self.model, "per_sample_styles", False))
+        self.calls = 0
+        self.images_in_calls = 0
+        self.progress = (-1, 0, 0)  # (shard, rows done, rows failed) of the shard running now
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _columns(self) -> list[str]:
+        extra = [c for c in (self.config.style_column, self.config.mask_column) if c]
+        return ["image_id", "uri", *extra]
+
+    def read_rows(self, start: int, count: int) -> pa.Table:
+        """Rows ``start .. start+count`` of the manifest, only the columns this job reads."""
+        from pipeline.plan import open_manifest
+
+        pf = open_manifest(self.config.manifest, self.config.storage_options or None)
+        missing = [c for c in self._columns() if c not in pf.schema_arrow.names]
+        if missing:
+            raise InputError(f"manifest has no column {missing[0]!r}")
+        pieces, first = [], 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            lo, hi = max(start, first), min(start + count, first + n)
+            if lo < hi:
+                if self._group is None or self._group[0] != g:
+                    self._group = (g, pf.read_row_group(g, columns=self._columns()))
+                pieces.append(self._group[1].slice(lo - first, hi - lo))
+            first += n
+        return pa.concat_tables(pieces) if pieces else pa.table({c: pa.array([], pa.string()) for c in self._columns()})
+
+    def styles(self, spec: str) -> list[Style]:
+        """Parse a spec once per process; image parts are read through the job's allowed schemes."""
+        if spec not in self._styles:
+            styles = []
+            for s in parse_style_spec(spec, load_images=False):
+                if s.index is None and s.label and self.model.style_kind == "image":
+                    image = to_tensor(decode_image(self._read(s.label)).array)
+                    s = Style(image=image, weight=s.weight, label=s.label)
+                styles.append(s)
+            self._styles[spec] = styles
+        return self._styles[spec]
+
+    def _read(self, uri: str) -> bytes:
+        return read_source(uri, self.config.allowed_schemes, self.config.storage_options or None)
+
+    def _items(self, shard: int, start: int, count: int) -> list[Item]:
+        table = self.read_rows(start, count)
+        ids = [str(v) if v is not None else "" for v in table.column("image_id").to_pylist()]
+        uris = [str(v) if v is not None else "" for v in table.column("uri").to_pylist()]
+        column = table.column(self.config.style_column).to_pylist() if self.config.style_column else None
+        specs = assign_styles(ids, self.config, column)
+        masks = table.column(self.config.mask_column).to_pylist() if self.config.mask_column else [None] * len(ids)
+        items = []
+        for i, (image_id, uri, spec, mask) in enumerate(zip(ids, uris, specs, masks, strict=True)):
+            item = Item(start_row(image_id, uri, shard, start + i, spec, self.config.stylizer))
+            item.row["mask_uri"] = mask
+            items.append(item)
+        return items
+
+    # --- stages --------------------------------------------------------------------------------
+
+    def decode(self, item: Item) -> Item:
+        """Fetch and decode one row (in a pool thread); a bad input fails the row."""
+        from pipeline.manifest import row_problem
+
+        t0 = time.perf_counter()
+        try:
+            problem = row_problem(item.row["image_id"], item.row["source_uri"], self.config.allowed_schemes)
+            if problem:
+                raise InputError(problem)
+            decoded = decode_image(self._read(item.row["source_uri"]))
+            item.row.update(width=decoded.width, height=decoded.height, note=decoded.note or "")
+            pixels = torch.from_numpy(fit(decoded.array, self.config.max_side)).permute(2, 0, 1).unsqueeze(0)
+            if item.row.get("mask_uri"):
+                mask = to_tensor(decode_image(self._read(item.row["mask_uri"])).array).mean(1, keepdim=True)
+                item.mask = F.interpolate(mask, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+            item.pixels = pixels
+        except Exception as exc:  # noqa: BLE001 - a bad input is a failed row, never a failed job
+            item.fail(describe(exc))
+        item.row["seconds_decode"] = time.perf_counter() - t0
+        return item
+
+    def _write(self, item: Item, array: Any) -> str:
+        t0 = time.perf_counter()
+        data = encode_image(array, self.config.format, self.config.quality)
+        uri = self.storage.put(layout.output_key(item.row["image_id"], self.config.format), data)
+        item.row["seconds_encode"] = time.perf_counter() - t0
+        return uri
+
+    def _model(self, content: torch.Tensor, styles: list[list[Style]], masks: torch.Tensor | None) -> torch.Tensor:
+        config = self.config
+        if masks is not None:
+            inside, outside = self.styles(str(config.mask_style)), styles[0]
+            masks = torch.cat([masks, 1 - masks], 1)
+            return stylize(
+                self.model,
+                content,
+                [*inside, *outside],
+                alpha=config.alpha,
+                preserve_color=config.preserve_color,
+                masks=_expand_masks(masks, inside, outside),
+                tile_pixels=config.tile_pixels,
+            )
+        if len({id(s) for s in styles}) > 1:  # a mixed-style call: the family conditions each sample
+            return self.model.forward_each(content, styles, alpha=config.alpha)
+        return stylize(
+            self.model,
+            content,
+            styles[0],
+            alpha=config.alpha,
+            preserve_color=config.preserve_color,
+            tile_pixels=config.tile_pixels,
+        )
+
+    @torch.inference_mode()
+    def _call(self, items: list[Item], call: Call) -> None:
+        """One model call over ``items`` at the call's size; outputs go to the writer threads."""
+        t0 = time.perf_counter()
+        size = (call.height, call.width)
+        batch = torch.cat([_resized(it.pixels.float().div_(255), size) for it in items]).to(self.device)
+        masks = None
+        if self.config.mask_column:
+            masks = torch.cat([_resized(it.mask, size) for it in items]).to(self.device)
+        styles = [self.styles(it.row["style"]) for it in items]
+        out = self._model(batch, styles, masks).float()
+        self.calls += 1
+        self.images_in_calls += len(items)
+        t1 = time.perf_counter()
+        scores = None
+        if self.scorer is not None:
+            scores = self.scorer.score_batch(out, batch.float(), [it.row["style"] for it in items], styles)
+        t2 = time.perf_counter()
+        for i, item in enumerate(items):
+            result = _resized(out[i : i + 1], tuple(item.pixels.shape[-2:])).cpu()
+            item.row.update(
+                out_height=int(result.shape[-2]),
+                out_width=int(result.shape[-1]),
+                seconds_stylize=(t1 - t0) / len(items),
+                seconds_metrics=(t2 - t1) / len(items) if scores else None,
+                **(scores[i] if scores else {}),
+            )
+            item.pixels = item.mask = None
+            item.output = self.pool.submit(self._write, item, to_array(result))
+
+    def _stylize(self, items: list[Item], call: Call) -> None:
+        """A call that raises is split until only the culprit fails."""
+        try:
+            self._call(items, call)
+        except Exception as exc:  # noqa: BLE001
+            if len(items) == 1:
+                items[0].fail(describe(exc))
+                return
+            for item in items:
+                if item.ok and item.output is None and item.pixels is not None:
+                    h, w = item.pixels.shape[-2:]
+                    self._stylize([item], Call((0,), int(h), int(w)))
+
+    def _windows(self, items: list[Item]) -> Iterator[list[Item]]:
+        """Decoded items in groups of at most ``8 * batch_size`` images or ``WINDOW_PIXELS``; the pool
+        decodes up to one group ahead while the caller stylizes this one."""
+        limit = max(8 * self.config.batch_size, 16)
+        futures = [self.pool.submit(self.decode, it) for it in items[:limit]]
+        window: list[Item] = []
+        pixels = 0
+        for n in range(len(items)):
+            item = futures[n].result()
+            futures[n] = None  # type: ignore[call-overload]  # drop the reference: memory follows the window
+            if n + limit < len(items):
+                futures.append(self.pool.submit(self.decode, items[n + limit]))
+            window.append(item)
+            pixels += item.pixels.shape[-1] * item.pixels.shape[-2] if item.pixels is not None else 0
+            if len(window) >= limit or pixels >= WINDOW_PIXELS:
+                yield window
+                window, pixels = [], 0
+        if window:
+            yield window
+
+    def _report(self, shard: int, items: list[Item]) -> None:
+        done = [it for it in items if it.output is not None or not it.ok]
+        self.progress = (shard, len(done), sum(not it.ok for it in done))
+
+    def _process(self, items: list[Item]) -> None:
+        for window in self._windows(items):
+            live = [it for it in window if it.ok]
+            sizes = [tuple(int(v) for v in it.pixels.shape[-2:]) for it in live]
+            keys = [0 if self.mixes_styles and not self.config.mask_column else it.row["style"] for it in live]
+            for call in plan_calls(sizes, keys, self.config.batch_size):
+                self._stylize([live[i] for i in call.items], call)
+            self._report(items[0].row["shard"], items)
+
+    def _process_carefully(self, items: list[Item], marker: dict[str, Any]) -> None:
+        """After a crash: one image at a time, each named in the marker before it is touched."""
+        crashes: dict[str, int] = marker.setdefault("crashes", {})
+        for item in items:
+            image_id = item.row["image_id"]
+            if crashes.get(image_id, 0) >= self.config.max_retries:
+                item.fail(
+                    f"crashed the worker {crashes[image_id]} times; gave up (max_retries={self.config.max_retries})"
+                )
+                continue
+            marker["suspect"] = image_id
+            self.storage.put(marker["key"], json.dumps(marker).encode())
+            self.decode(item)
+            if item.ok:
+                h, w = item.pixels.shape[-2:]
+                self._stylize([item], Call((0,), int(h), int(w)))
+            if item.output is not None:
+                item.output.result()  # the write is part of what may crash
+            self._report(item.row["shard"], items)
+
+    # --- the shard -----------------------------------------------------------------------------
+
+    def _marker(self, shard: int) -> dict[str, Any] | None:
+        key = layout.attempt_key(shard)
+        data = self.storage.read_if_exists(key)
+        if data is None:
+            return None
+        try:
+            marker = json.loads(data)
+        except ValueError:
+            marker = {"attempt": 1}
+        marker["key"] = key
+        suspect = marker.pop("suspect", None)
+        if suspect:
+            marker.setdefault("crashes", {})[suspect] = marker.get("crashes", {}).get(suspect, 0) + 1
+        return marker
+
+    def run(self, shard: int, start: int, count: int) -> dict[str, Any]:
+        """Process rows ``start .. start+count`` as shard ``shard`` and commit its metrics file."""
+        t0 = time.perf_counter()
+        self.calls = self.images_in_calls = 0
+        self.progress = (shard, 0, 0)
+        items = self._items(shard, start, count)
+        marker = self._marker(shard)
+        if marker is None:
+            self.storage.put(layout.attempt_key(shard), json.dumps({"attempt": 1}).encode())
+            self._process(items)
+        else:
+            marker["attempt"] = int(marker.get("attempt", 1)) + 1
+            self._process_carefully(items, marker)
+        for item in items:
+            if item.output is not None:
+                try:
+                    item.row["output_uri"] = item.output.result()
+                except Exception as exc:  # noqa: BLE001
+                    item.fail(describe(exc))
+            item.row["finished_at"] = time.time()
+        rows = [it.row for it in items]
+        summary = shard_summary(
+            rows,
+            shard=shard,
+            model_calls=self.calls,
+            images_in_calls=self.images_in_calls,
+            seconds=time.perf_counter() - t0,
+            pid=os.getpid(),
+        )
+        self.storage.put(layout.shard_key(shard), shard_file(rows, summary))
+        with contextlib.suppress(StorageError):  # a leftover marker is harmless: committed shards are skipped
+            self.storage.delete(layout.attempt_key(shard))
+        return summary
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _resized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _expand_masks(masks: torch.Tensor, inside: list[Style], outside: list[Style]) -> torch.Tensor:
+    """(B,2,H,W) inside/outside -> one mask per style, each region's styles sharing it by weight."""
+
+    def shares(styles: list[Style]) -> list[float]:
+        total = sum(s.weight for s in styles) or 1.0
+        return [s.weight / total for s in styles]
+
+    parts = [masks[:, :1] * w for w in shares(inside)] + [masks[:, 1:] * w for w in shares(outside)]
+    return torch.cat(parts, 1)
+
+
+__all__ = ["Item", "ShardWorker", "describe"]
