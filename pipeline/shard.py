@@ -100,7 +100,10 @@ class ShardWorker:
         kwargs: dict[str, Any] = {"device": self.device, "encoder_weights": config.encoder_weights}
         if config.weights:
             kwargs["weights"] = config.weights
-        self.model = models.create(config.stylizer, **kwargs)
+        from pipeline.models.engines import resolve_engine, with_engine
+
+        engine = resolve_engine(config.engine, config.stylizer, self.device, custom_weights=bool(config.weights))
+        self.model = with_engine(models.create(config.stylizer, **kwargs), engine, threads=threads)
         self.scorer = QualityScorer.load(config.encoder_weights, device=self.device) if config.metrics else None
         self.storage = Storage(config.output, config.storage_options or None)
         self.pool = ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="stylize-io")

@@ -1,0 +1,79 @@
+"""Which engine runs a stylizer: torch, or onnxruntime for the families ported from ONNX files.
+
+Measured on this project's 2-core CPU (``docs/benchmarks.md``), the 26-style network runs fastest
+in onnxruntime on the original ``multistyle26.onnx``; channels-last inputs and bf16 autocast made
+torch slower there, and on a GPU torch is the engine. ``engine="auto"`` picks onnxruntime for
+dumoulin on CPU when the package is installed, torch otherwise. The onnxruntime path keeps the
+stylizer contract and the torch module's padding, alpha and mixing: only the network call moves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.errors import ConfigError
+from pipeline.models.base import Style, Stylizer
+
+Engine = Literal["auto", "torch", "onnxruntime"]
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+
+
+def _has_onnxruntime() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def resolve_engine(engine: str, stylizer: str, device: torch.device, *, custom_weights: bool = False) -> str:
+    """The engine that will run ``stylizer`` on ``device``; a one-line ConfigError if it cannot."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    onnx_ok = stylizer == "dumoulin" and device.type == "cpu" and not custom_weights and _has_onnxruntime()
+    if engine == "onnxruntime" and not onnx_ok:
+        raise ConfigError(
+            "engine onnxruntime runs dumoulin's bundled weights on CPU only, with onnxruntime installed "
+            f"(asked for {stylizer} on {device}); use engine torch or auto"
+        )
+    return "onnxruntime" if engine == "onnxruntime" or (engine == "auto" and onnx_ok) else "torch"
+
+
+class OnnxNet(torch.nn.Module):
+    """``multistyle26.onnx`` behind the torch network's call signature ``net(x, style_weights)``.
+
+    The export takes one image and a (26,) weight vector, so a batch runs image by image.
+    """
+
+    def __init__(self, path: str, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: Tensor, style_weights: Tensor) -> Tensor:
+        weights = style_weights.expand(x.shape[0], -1) if style_weights.dim() == 1 else style_weights
+        out = []
+        for image, w in zip(x.float().cpu().numpy(), weights.float().cpu().numpy(), strict=True):
+            feed = {"image": np.ascontiguousarray(image[None]), "style_weights": np.ascontiguousarray(w)}
+            out.append(torch.from_numpy(self.session.run(None, feed)[0]))
+        return torch.cat(out).to(x)
+
+
+def with_engine(model: Stylizer, engine: str, *, threads: int | None = None) -> Stylizer:
+    """``model`` running on ``engine`` (``resolve_engine``'s answer); the torch model itself for torch."""
+    if engine == "torch":
+        return model
+    from pipeline.models import onnx_port
+    from pipeline.models.dumoulin import ONNX_FILE
+
+    model.net = OnnxNet(str(onnx_port.package_file(ONNX_FILE)), threads)
+    return model
+
+
+__all__ = ["ENGINES", "Engine", "OnnxNet", "Style", "resolve_engine", "with_engine"]

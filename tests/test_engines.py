@@ -1,0 +1,39 @@
+"""The onnxruntime engine for dumoulin gives the torch port's output, and refuses what it cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.models import create
+from pipeline.models.base import Style
+from pipeline.models.engines import resolve_engine, with_engine
+
+pytest.importorskip("onnxruntime")
+
+
+def test_onnxruntime_engine_matches_the_torch_port() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 61, 83)  # odd sizes: the Stylizer pads to the network's multiple either way
+    torch_model = create("dumoulin", device="cpu")
+    ort_model = with_engine(create("dumoulin", device="cpu"), "onnxruntime", threads=1)
+    styles = [[Style(index=7)], [Style(index=3, weight=0.5), Style(index=12, weight=0.5)]]
+    with torch.inference_mode():
+        a, b = torch_model(x, styles[0], alpha=0.7), ort_model(x, styles[0], alpha=0.7)
+        each_a, each_b = torch_model.forward_each(x, styles), ort_model.forward_each(x, styles)
+    assert a.shape == b.shape == x.shape
+    assert (a - b).abs().max() < 1e-3
+    assert (each_a - each_b).abs().max() < 1e-3
+    assert (each_a[1] - a[1]).abs().max() > 0.01  # the second image really got its own style
+
+
+def test_engine_choice() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("auto", "dumoulin", cpu) == "onnxruntime"
+    assert resolve_engine("auto", "dumoulin", cpu, custom_weights=True) == "torch"
+    assert resolve_engine("auto", "dumoulin", cuda) == "torch"
+    assert resolve_engine("auto", "ghiasi", cpu) == "torch"
+    assert resolve_engine("torch", "dumoulin", cpu) == "torch"
+    with pytest.raises(ConfigError, match="onnxruntime runs dumoulin"):
+        resolve_engine("onnxruntime", "ghiasi", cpu)
