@@ -18,7 +18,8 @@ from typing import Any
 
 
 def parse_config(argv: list[str] | None = None) -> Any:
-    from pipeline.train.common import TrainConfig
+    from pipeline.errors import ConfigError
+    from pipeline.train.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="train_job", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -30,14 +31,19 @@ def parse_config(argv: list[str] | None = None) -> Any:
     else:
         import yaml
 
-        with open(args.config) as f:
-            data = yaml.safe_load(f)
+        try:
+            with open(args.config) as f:
+                data = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read the training config {args.config}: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the training config must be a mapping of TrainConfig keys")
     return TrainConfig(**data)
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import StylizeError
-    from pipeline.train.loop import run
+    from pipeline.train.launch import run
 
     try:
         summary = run(parse_config(argv))

@@ -7,14 +7,12 @@ key in their metadata (optimizer state, foreign weights) are left out.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import StorageError
+from pipeline.models.weights import read_header
 from pipeline.storage import open_fs
-
-MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
 
 
 @dataclass(frozen=True)
@@ -28,21 +26,13 @@ class Found:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
 
-def read_header_metadata(fs: Any, path: str) -> dict[str, str] | None:
-    """The ``__metadata__`` dict of a safetensors file, or None if it is not one."""
+def _metadata(fs: Any, path: str) -> dict[str, str] | None:
+    """The header metadata of one listed file, or None if it is not a readable safetensors file."""
     try:
         with fs.open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return None
-            n = int.from_bytes(head, "little")
-            if n <= 0 or n > MAX_HEADER_BYTES:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError):
+            return read_header(f)
+    except OSError:
         return None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def _join(prefix: str, root: str, path: str) -> str:
@@ -69,7 +59,7 @@ def find_checkpoints(prefix: str) -> list[Found]:
         raise StorageError(f"cannot list {prefix}: {type(exc).__name__}: {exc}") from None
     found = []
     for path in sorted(paths):
-        meta = read_header_metadata(fs, path)
+        meta = _metadata(fs, path)
         if not meta or not meta.get("stylizer"):
             continue
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
@@ -19,9 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError, StorageError
 from pipeline.storage import ALLOWED_SCHEMES, check_scheme
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _SCHEME = re.compile(r"^[a-z0-9+.-]*$")
-_SECRET = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+SECRET_KEY = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 
 
 class JobConfig(BaseModel):
@@ -53,10 +52,29 @@ class JobConfig(BaseModel):
     format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Output image format.")
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
     batch_size: int = Field(4, ge=1, le=1024, description="Images per model call on one actor.")
-    actors: int = Field(1, ge=1, le=4096, description="Stylizer actors (each holds a loaded model).")
+    actors: int = Field(1, ge=1, le=4096, description="Most stylizer actors (each holds a loaded model).")
+    min_actors: int | None = Field(
+        None, ge=1, le=4096, description="Fewest actors; the pool grows to `actors` while shards wait (None: actors)."
+    )
+    shard_rows: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Manifest rows per shard, the unit an actor owns (fixed once a run starts).",
+    )
+    tile_pixels: int | None = Field(
+        4_000_000, ge=4096, description="Feed-forward models stylize larger images in feathered tiles (None: never)."
+    )
+    mask_column: str | None = Field(
+        None, description="Manifest column with a per-image mask image URI: white areas get mask_style."
+    )
+    mask_style: str | None = Field(None, description="Style spec inside the mask (mask_column); style fills the rest.")
     gpus_per_actor: float = Field(0, ge=0, le=16, description="GPUs reserved per actor (fractions share a GPU).")
     cpus_per_actor: float = Field(1, ge=0, le=256, description="CPUs reserved per actor.")
     device: str = Field("auto", description='"auto" (cuda if the actor has a GPU), "cpu", "cuda", "cuda:N", "mps".')
+    engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="What runs the model: auto = onnxruntime for dumoulin on CPU where installed, else torch."
+    )
     metrics: bool = Field(True, description="Compute per-image quality metrics (costs a VGG pass).")
     max_retries: int = Field(
         2, ge=0, le=100, description="Retries of a failed batch before its rows are marked failed."
@@ -75,7 +93,7 @@ class JobConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc)) from None
+            raise ConfigError(one_line_error(exc, JobConfig.model_fields)) from None
 
     @field_validator("manifest", "output", "stylizer", "encoder_weights")
     @classmethod
@@ -111,9 +129,12 @@ class JobConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not _DEVICE.match(v):
-            raise ValueError('must be "auto", "cpu", "mps", "cuda" or "cuda:N"')
-        return v
+        from pipeline.devices import DEVICE_NAMES, check_device  # config accepts exactly what the resolver does
+
+        try:
+            return check_device(v)
+        except ConfigError:
+            raise ValueError(f"must be {DEVICE_NAMES}") from None
 
     @field_validator("allowed_schemes")
     @classmethod
@@ -130,6 +151,10 @@ class JobConfig(BaseModel):
     def _cross_checks(self) -> JobConfig:
         if self.style_column and self.style_manifest:
             raise ValueError("style_column and style_manifest are exclusive; choose one per-image style source")
+        if bool(self.mask_column) != bool(self.mask_style):
+            raise ValueError("mask_column and mask_style go together: the mask says where mask_style applies")
+        if self.min_actors and self.min_actors > self.actors:
+            raise ValueError(f"min_actors ({self.min_actors}) is more than actors ({self.actors})")
         for key in ("manifest", "output", "style_manifest"):
             value = getattr(self, key)
             if value is None:
@@ -145,7 +170,7 @@ class JobConfig(BaseModel):
 
         def mask(obj: Any) -> Any:
             if isinstance(obj, dict):
-                return {k: ("***" if _SECRET.search(str(k)) else mask(v)) for k, v in obj.items()}
+                return {k: ("***" if SECRET_KEY.search(str(k)) else mask(v)) for k, v in obj.items()}
             return obj
 
         data = self.model_dump()
@@ -153,9 +178,12 @@ class JobConfig(BaseModel):
         return data
 
 
-def _one_line(exc: ValidationError) -> str:
-    """A pydantic error as one line: ``key: reason (got value)``, all problems joined."""
-    known = list(JobConfig.model_fields)
+def one_line_error(exc: ValidationError, known_keys: Iterable[str], what: str = "job config") -> str:
+    """A pydantic error as one line: ``invalid <what>: key: reason (got value)``, all problems joined.
+
+    ``known_keys`` are the model's fields, for the "did you mean" hint on an unknown key.
+    """
+    known = list(known_keys)
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
@@ -170,7 +198,7 @@ def _one_line(exc: ValidationError) -> str:
             continue
         got = repr(err.get("input"))
         parts.append(f"{loc}: {msg} (got {got[:80]})")
-    return "invalid job config: " + "; ".join(parts)
+    return f"invalid {what}: " + "; ".join(parts)
 
 
 def _is_text(annotation: Any) -> bool:
@@ -251,4 +279,4 @@ def load_config(path: str | None = None, overrides: Sequence[str] = (), **flags:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line_error(exc, JobConfig.model_fields)) from None

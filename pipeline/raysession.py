@@ -1,6 +1,6 @@
 """Connecting to Ray: the one place that starts or joins a Ray session and knows the repository root.
 
-Batch jobs (``pipeline.runner``) and training (``pipeline.train.loop``) both come through here, so a
+Batch jobs (``pipeline.runner``) and training (``pipeline.train.launch``) both come through here, so a
 local run and a cluster run get the same code shipping, the same plugin modules and the same quiet
 terminal: Ray's own log lines (start-up warnings, core-worker messages) go to its session log files,
 never to the user's terminal.
@@ -8,14 +8,33 @@ never to the user's terminal.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
 from pathlib import Path
 
 PLUGINS_ENV = "STYLIZE_PLUGINS"
-# what a shipped working_dir leaves out (caches, local outputs, the virtualenv)
-EXCLUDES = [".venv", ".git", "stylize-demo", "**/__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+# what a shipped working_dir leaves out: caches, local outputs, the virtualenv, and credential files
+EXCLUDES = [
+    ".venv",
+    ".git",
+    "stylize-demo",
+    "**/__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    ".env",
+    "*.pem",
+    ".aws",
+    ".netrc",
+]
+
+
+def import_plugins() -> None:
+    """Import the modules named in ``$STYLIZE_PLUGINS`` (comma-separated) so their stylizers register."""
+    for name in filter(None, (p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(","))):
+        importlib.import_module(name)
 
 
 def repo_root() -> str:
@@ -28,7 +47,6 @@ def _quiet() -> None:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray._private"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"ray(\..*)?")

@@ -202,6 +202,22 @@ class Storage:
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
 
+    def read_if_exists(self, key: str) -> bytes | None:
+        """``get`` in one storage call, None where there is no object."""
+        path = self._path(key)
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+
+    def prune(self, prefix: str) -> None:
+        """Remove the local folder ``prefix`` if it is empty (object stores have no folders to leave)."""
+        if self.local:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._path(prefix))
+
     def exists(self, key: str) -> bool:
         path = self._path(key)
         try:

@@ -3,6 +3,12 @@
 The job runs ``python -m jobs.run_job --config-b64 ...`` with this repository as its
 ``working_dir``. Its submission id is derived from the config, so submitting the same config
 twice names the same job instead of starting a second copy writing to the same output.
+
+No credentials travel with a job. Anyone who can open the dashboard or run ``ray job list``
+reads a job's entrypoint, metadata and runtime_env, so ``submit_entrypoint`` (batch jobs and
+``stylize train --submit`` alike) refuses a job whose config holds a credential-like key
+(``config.SECRET_KEY``: key, secret, token, password, credential) or a URI with a password in it,
+before anything is sent. The cluster brings its own credentials (``CREDENTIALS_HELP``).
 """
 
 from __future__ import annotations
@@ -11,16 +17,27 @@ import base64
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from pipeline.errors import JobError
+from pipeline import raysession
+from pipeline.config import SECRET_KEY
+from pipeline.errors import ConfigError, JobError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-EXCLUDES = [".venv", ".git", "stylize-demo", "**/__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+PAYLOAD_FLAG = "--config-b64"
+CREDENTIALS_HELP = (
+    "give the cluster its own credentials instead: environment variables on the Ray nodes "
+    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS), an instance role or workload "
+    "identity, or a Kubernetes secret in the pods' envFrom (configs/rayjob.yaml)"
+)
+# gcsfs's ``token`` also takes these mode names, which say where to find credentials, not what they are
+TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "cache", "browser"})
+# scheme://user:password@host: a password inside a URI
+_URI_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
 
 
 def config_json(config: Any) -> str:
@@ -33,18 +50,69 @@ def submission_id(config: Any) -> str:
     return "stylize-" + hashlib.sha256(config_json(config).encode()).hexdigest()[:16]
 
 
+def encode_payload(data: Any) -> str:
+    """A JSON-able config as the urlsafe base64 that follows ``--config-b64``."""
+    text = data if isinstance(data, str) else json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
 def entrypoint(config: Any, python: str = "python") -> str:
-    payload = base64.urlsafe_b64encode(config_json(config).encode()).decode()
-    return f"{python} -m jobs.run_job --config-b64 {payload}"
+    return f"{python} -m jobs.run_job {PAYLOAD_FLAG} {encode_payload(config_json(config))}"
+
+
+def credentials_in(data: Any, path: str = "") -> list[str]:
+    """Dotted paths in ``data`` (dicts, lists, strings) that hold a credential: a non-empty value under a
+    credential-like key (``config.SECRET_KEY``), or a URI with a ``user:password@`` part."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            mode = isinstance(value, str) and value in TOKEN_MODES
+            if SECRET_KEY.search(str(key)) and value not in (None, "", {}, []) and not mode:
+                found.append(where)
+            else:
+                found += credentials_in(value, where)
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            found += credentials_in(value, f"{path}[{i}]")
+    elif isinstance(data, str) and _URI_PASSWORD.search(data):
+        found.append(path or "a URI")
+    return found
+
+
+def _payloads(command: str) -> list[Any]:
+    """The configs a job command carries after ``--config-b64`` (undecodable ones are returned as text)."""
+    words = command.split()
+    out: list[Any] = []
+    for flag, value in zip(words, words[1:], strict=False):
+        if flag == PAYLOAD_FLAG:
+            try:
+                out.append(json.loads(base64.urlsafe_b64decode(value.encode())))
+            except ValueError:
+                out.append(value)
+    return out
+
+
+def refuse_credentials(command: str, metadata: dict[str, str], env_vars: dict[str, str]) -> None:
+    """``ConfigError`` (one line, saying what to do instead) if the job would carry a credential."""
+    found = [p for payload in _payloads(command) for p in credentials_in(payload)]
+    found += [f"entrypoint {p}" for p in credentials_in(command, "")]
+    found += [f"metadata.{p}" for p in credentials_in(metadata)]
+    found += [f"env_vars.{p}" for p in credentials_in(env_vars)]
+    if found:
+        raise ConfigError(
+            f"refusing to submit: {', '.join(found)} looks like a credential, and a job's config, metadata and "
+            f"environment are readable by anyone with dashboard access; remove it and {CREDENTIALS_HELP}"
+        )
 
 
 def runtime_env(working_dir: str | None = None, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
-    root = working_dir or str(Path(__file__).resolve().parent.parent)
+    root = working_dir or raysession.repo_root()
     env = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    if os.environ.get("STYLIZE_PLUGINS"):
-        env["STYLIZE_PLUGINS"] = os.environ["STYLIZE_PLUGINS"]
+    if os.environ.get(raysession.PLUGINS_ENV):
+        env[raysession.PLUGINS_ENV] = os.environ[raysession.PLUGINS_ENV]
     env.update(env_vars or {})
-    return {"working_dir": root, "excludes": EXCLUDES, "env_vars": env}
+    return {"working_dir": root, "excludes": raysession.EXCLUDES, "env_vars": env}
 
 
 def _token_auth_if_available() -> None:
@@ -90,15 +158,14 @@ def submit_entrypoint(
     """Submit ``command`` as job ``job_id``; (id, True if newly submitted / False if it already existed).
 
     The id is deterministic (derived from the config), so submitting the same job twice is a no-op.
+    A job that would carry a credential is refused before the cluster is contacted (module doc).
     """
+    env = runtime_env(working_dir, env_vars)
+    meta = {"tool": "stylize", **(metadata or {})}
+    refuse_credentials(command, meta, env["env_vars"])
     jobs = client(address)
     try:
-        jobs.submit_job(
-            entrypoint=command,
-            submission_id=job_id,
-            runtime_env=runtime_env(working_dir, env_vars),
-            metadata={"tool": "stylize", **(metadata or {})},
-        )
+        jobs.submit_job(entrypoint=command, submission_id=job_id, runtime_env=env, metadata=meta)
     except Exception as exc:  # noqa: BLE001
         if "already exists" in str(exc) or "already been used" in str(exc):
             return job_id, False

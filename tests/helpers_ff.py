@@ -194,3 +194,44 @@ def write_published_adain(directory, *, vgg_seed: int, decoder_seed: int):
     torch.save(ref_vgg.state_dict(), directory / "vgg_normalised.pth")
     torch.save(ref_dec.state_dict(), directory / "decoder.pth")
     return directory, enc, ref_dec
+
+
+class RefSANetModel:
+    """Eval.py: enc_1..enc_5 slices of vgg, Transform, decoder."""
+
+    def __init__(self, vgg: nn.Sequential, transform: RefTransform, decoder: nn.Sequential) -> None:
+        layers = list(vgg.children())
+        self.enc4 = nn.Sequential(*layers[:31])  # input -> relu4_1
+        self.enc5 = nn.Sequential(*layers[31:44])  # relu4_1 -> relu5_1
+        self.transform, self.decoder = transform, decoder
+
+    def features(self, x):
+        c4 = self.enc4(x)
+        return c4, self.enc5(c4)
+
+    def transformed(self, content, style):
+        c4, c5 = self.features(content)
+        s4, s5 = self.features(style.expand(content.shape[0], -1, -1, -1))  # Eval.py's bmm wants equal batches
+        return self.transform(c4, s4, c5, s5)
+
+    def __call__(self, content, style):
+        return self.decoder(self.transformed(content, style))
+
+
+def write_published_sanet(directory, *, seed: int):
+    """Random reference weights saved in GlebSBrykin/SANET's layout (vgg_normalised, transformer, decoder .pth).
+
+    Returns (directory, the reference model as ``RefSANetModel``).
+    """
+    ref_vgg = kaiming_(reference_vgg(), seed=seed).eval()
+    ref_tr = kaiming_(RefTransform(512), seed=seed + 1).eval()
+    ref_dec = kaiming_(reference_decoder(), seed=seed + 2).eval()
+    ref = RefSANetModel(ref_vgg, ref_tr, ref_dec)
+    with torch.no_grad():
+        calibrate_last_conv(
+            ref_dec, smooth_image(0, 64, 64), mean=0.5, std=0.2, forward=lambda x: ref(x, smooth_image(1, 64, 64))
+        )
+    torch.save(ref_vgg.state_dict(), directory / "vgg_normalised.pth")
+    torch.save(ref_tr.state_dict(), directory / "transformer.pth")
+    torch.save(ref_dec.state_dict(), directory / "decoder.pth")
+    return directory, ref

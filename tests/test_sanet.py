@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pipeline.errors import WeightsError
 from pipeline.models import Style, create
-from pipeline.models.adain import save_checkpoint
+from pipeline.models.decoder_ckpt import save_checkpoint
 from pipeline.models.sanet import Transform, attention
 from tests.helpers_ff import (
     RefTransform,
     blue_stripes_style,
-    calibrate_last_conv,
-    kaiming_,
     one_line,
     red_smooth_style,
-    reference_decoder,
-    reference_vgg,
     smooth_image,
+    write_published_sanet,
 )
 
 
@@ -29,42 +25,9 @@ def _no_grad():
         yield
 
 
-class RefSANetModel:
-    """Eval.py: enc_1..enc_5 slices of vgg, Transform, decoder."""
-
-    def __init__(self, vgg: nn.Sequential, transform: RefTransform, decoder: nn.Sequential) -> None:
-        layers = list(vgg.children())
-        self.enc4 = nn.Sequential(*layers[:31])  # input -> relu4_1
-        self.enc5 = nn.Sequential(*layers[31:44])  # relu4_1 -> relu5_1
-        self.transform, self.decoder = transform, decoder
-
-    def features(self, x):
-        c4 = self.enc4(x)
-        return c4, self.enc5(c4)
-
-    def transformed(self, content, style):
-        c4, c5 = self.features(content)
-        s4, s5 = self.features(style.expand(content.shape[0], -1, -1, -1))  # Eval.py's bmm wants equal batches
-        return self.transform(c4, s4, c5, s5)
-
-    def __call__(self, content, style):
-        return self.decoder(self.transformed(content, style))
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    ref_vgg = kaiming_(reference_vgg(), seed=21).eval()
-    ref_tr = kaiming_(RefTransform(512), seed=22).eval()
-    ref_dec = kaiming_(reference_decoder(), seed=23).eval()
-    ref = RefSANetModel(ref_vgg, ref_tr, ref_dec)
-    calibrate_last_conv(
-        ref_dec, smooth_image(0, 64, 64), mean=0.5, std=0.2, forward=lambda x: ref(x, smooth_image(1, 64, 64))
-    )
-    d = tmp_path_factory.mktemp("sanet")
-    torch.save(ref_vgg.state_dict(), d / "vgg_normalised.pth")
-    torch.save(ref_tr.state_dict(), d / "transformer.pth")
-    torch.save(ref_dec.state_dict(), d / "decoder.pth")
-    return d, ref
+    return write_published_sanet(tmp_path_factory.mktemp("sanet"), seed=21)
 
 
 @pytest.fixture(scope="module")

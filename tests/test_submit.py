@@ -19,10 +19,11 @@ import yaml
 from typer.testing import CliRunner
 
 from jobs.run_job import parse_config
-from pipeline import submit
+from pipeline import raysession, submit
 from pipeline.cli import app
+from pipeline.cli import run as cli_run
 from pipeline.config import JobConfig
-from pipeline.errors import JobError
+from pipeline.errors import ConfigError, JobError
 from tests.pipeline_fakes import PLUGIN
 from tests.pipeline_helpers import encode, photo, write_inputs, write_manifest
 
@@ -51,7 +52,60 @@ def test_runtime_env_ships_the_code_but_not_the_venv(monkeypatch: pytest.MonkeyP
     assert (Path(env["working_dir"]) / "pipeline" / "runner.py").is_file()
     assert (Path(env["working_dir"]) / "jobs" / "run_job.py").is_file()
     assert ".venv" in env["excludes"] and ".git" in env["excludes"]
+    assert env["excludes"] == raysession.EXCLUDES and env["working_dir"] == raysession.repo_root()
     assert env["env_vars"]["STYLIZE_PLUGINS"] == PLUGIN
+
+
+# --- no credentials in a job --------------------------------------------------------------------------
+
+
+def _job(**storage_options) -> JobConfig:
+    return JobConfig(manifest="s3://b/m.parquet", output="s3://b/out", storage_options=storage_options)
+
+
+class NoCluster:
+    """Stands in for ``submit.client``: any contact with a cluster fails the test."""
+
+    def __call__(self, address=None):
+        raise AssertionError("the cluster was contacted before the credential check")
+
+
+@pytest.mark.parametrize(
+    "options, where",
+    [
+        ({"key": "AKIAEXAMPLE", "secret": "wJalrXUtnFEMI"}, "storage_options.key, storage_options.secret"),
+        ({"client_kwargs": {"aws_session_token": "FwoGZX"}}, "storage_options.client_kwargs.aws_session_token"),
+        ({"password": "hunter2"}, "storage_options.password"),
+        ({"token": {"type": "service_account", "private_key": "-----BEGIN"}}, "storage_options.token"),
+        ({"endpoint_url": "https://user:hunter2@minio:9000"}, "storage_options.endpoint_url"),
+    ],
+)
+def test_a_config_with_credentials_is_refused_before_the_cluster_is_contacted(
+    options: dict, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(submit, "client", NoCluster())
+    with pytest.raises(ConfigError) as err:
+        submit.submit(_job(**options), address="http://127.0.0.1:1")
+    message = str(err.value)
+    assert "\n" not in message and where in message
+    assert "environment variables" in message and "instance role" in message and "configs/rayjob.yaml" in message
+
+
+def test_options_that_name_no_credential_are_allowed() -> None:
+    assert submit.credentials_in(_job(endpoint_url="http://minio:9000", anon=False).model_dump(mode="json")) == []
+    assert submit.credentials_in({"storage_options": {"token": "anon", "key": None}}) == []
+
+
+def test_every_job_command_is_checked_training_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stylize train --submit`` builds its own ``--config-b64`` command; submit_entrypoint still looks inside."""
+    monkeypatch.setattr(submit, "client", NoCluster())
+    payload = submit.encode_payload({"stylizer": "johnson", "storage_options": {"secret": "wJalrXUtnFEMI"}})
+    with pytest.raises(ConfigError, match="storage_options.secret"):
+        submit.submit_entrypoint(f"python -m jobs.train_job --config-b64 {payload}", "stylize-train-x")
+    with pytest.raises(ConfigError, match="env_vars.AWS_SECRET_ACCESS_KEY"):
+        submit.submit_entrypoint("python -m jobs.run_job", "x", env_vars={"AWS_SECRET_ACCESS_KEY": "wJalr"})
+    with pytest.raises(ConfigError, match="metadata.api_token"):
+        submit.submit_entrypoint("python -m jobs.run_job", "x", metadata={"api_token": "abc"})
 
 
 def test_jobs_api_needs_the_dashboard_http_address() -> None:
@@ -152,3 +206,57 @@ def test_submit_to_a_local_cluster(ray_head: str, tmp_path: Path, monkeypatch: p
     assert logs.exit_code == 0 and "progress 3/3" in logs.output
     stop = cli.invoke(app, ["stop", job_id, "--address", ray_head])
     assert stop.exit_code == 0 and "was not running" in stop.output
+
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+MARKER = "http://marker-endpoint-5f3a:9000"
+
+
+def _everything_the_jobs_api_returns(address: str) -> str:
+    """Every job's info and logs as text, with each entrypoint's base64 payload decoded as well."""
+    jobs = submit.client(address)
+    texts = []
+    for job in jobs.list_jobs():
+        job_id = job.submission_id or job.job_id
+        info = jobs.get_job_info(job_id)
+        fields = info.model_dump() if hasattr(info, "model_dump") else vars(info)
+        texts += [repr(job), repr(info), json.dumps(fields, default=str)]
+        texts += [json.dumps(p) for p in submit._payloads(info.entrypoint or "")]
+        texts.append(str(jobs.get_job_logs(job_id)))
+    return "\n".join(texts)
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_a_live_cluster(
+    ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the submitting shell holds credentials too: none of them may be forwarded
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("STYLIZE_PLUGINS", PLUGIN)
+    paths = write_inputs(tmp_path / "in", {"p0": encode(photo(seed=0))})
+    base = {
+        "manifest": str(write_manifest(tmp_path / "m.parquet", list(paths.items()))),
+        "output": str(tmp_path / "out"),
+        "stylizer": "test-invert",
+        "style": "1",
+        "format": "png",
+        "metrics": False,
+    }
+    allowed, refused = tmp_path / "allowed.yaml", tmp_path / "refused.yaml"
+    allowed.write_text(yaml.safe_dump({**base, "storage_options": {"endpoint_url": MARKER}}))
+    secret_options = {"secret": SECRET}
+    refused.write_text(yaml.safe_dump({**base, "output": str(tmp_path / "out2"), "storage_options": secret_options}))
+    common = ["--address", ray_head, "--python", sys.executable]
+
+    assert cli_run(["submit", str(refused), *common]) == ConfigError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: refusing to submit: storage_options.secret"), err
+    assert "configs/rayjob.yaml" in err[0] and SECRET not in err[0]
+
+    assert cli_run(["submit", str(allowed), *common, "--wait"]) == 0, capsys.readouterr()
+    job_id = submit.submission_id(JobConfig(**yaml.safe_load(allowed.read_text())))
+    seen = _everything_the_jobs_api_returns(ray_head)
+    assert job_id in seen and MARKER in seen  # the non-secret option did travel, and we can see it
+    assert SECRET not in seen
+    refused_id = submit.submission_id(JobConfig(**yaml.safe_load(refused.read_text())))
+    assert refused_id not in seen  # nothing was submitted for the refused config

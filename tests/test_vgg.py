@@ -284,7 +284,7 @@ def test_hed_layer_means_match_the_weights():
     import skimage.data
 
     from pipeline.codec import to_tensor
-    from pipeline.train.common import LAYER_MEANS
+    from pipeline.train.task import LAYER_MEANS
 
     enc = load_encoder("hed-vgg16", last="relu5_1")
     want = LAYER_MEANS["hed-vgg16"]

@@ -11,9 +11,10 @@ import torch
 import typer
 
 from pipeline.codec import encode_image, read_image, to_array, to_tensor
+from pipeline.devices import resolve_device
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import controls, create, get_card
-from pipeline.models.base import Style, resolve_device
+from pipeline.models.base import Style
 from pipeline.styles import parse_style_spec
 
 

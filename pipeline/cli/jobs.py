@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,27 +32,28 @@ def _config(path: Path | None, overrides: list[str] | None, **flags: Any) -> Any
     return load_config(str(path) if path else None, list(overrides or []), **{k: v for k, v in flags.items() if v})
 
 
-def _quiet_ray() -> None:
-    for name in ("ray", "ray.data", "ray._private"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any]:
-    """``runner.run`` under a rich progress bar: images done, failures, images/s."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """``runner.run`` under one progress bar (images, failed, images/s, ETA) on stderr.
+
+    Ray's own output goes to its session log files (``raysession``); anything Ray's processes still
+    write to this process's stderr while the job runs lands in ``OUTPUT/_logs/driver.log`` on a local
+    output, or the temp folder, so a successful run shows only the bar and the summary line.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipeline import runner
 
-    _quiet_ray()
+    console = Console(file=_terminal(), stderr=True)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("failed {task.fields[failed]}"),
-        TextColumn("{task.fields[rate]:.2f} images/s"),
-        TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]:.1f} images/s"),
+        TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as bar:
+    with _stderr_to_log(config), Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(label, total=None, failed=0, rate=0.0)
 
         def update(state: dict[str, Any]) -> None:
@@ -60,11 +62,51 @@ def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any
         return runner.run(config, progress=update)
 
 
+def _terminal() -> Any:
+    """A handle on the real stderr that outlives the redirect of file descriptor 2."""
+    import os
+    import sys
+
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (OSError, ValueError, AttributeError):  # no real stderr (tests capturing it): use what there is
+        return sys.stderr
+
+
+@contextlib.contextmanager
+def _stderr_to_log(config: Any) -> Iterator[None]:
+    """Send file descriptor 2 (where Ray's C++ core prints) to a log file for the job's duration."""
+    import os
+    import sys
+    import tempfile
+
+    from pipeline.storage import Storage
+
+    storage = Storage(config.output, config.storage_options or None)
+    folder = storage._path("_logs") if storage.local else tempfile.gettempdir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = sys.stderr.fileno()
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    saved = os.dup(fd)
+    with open(os.path.join(folder, "driver.log"), "ab") as log:
+        os.dup2(log.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
 def _print_summary(summary: dict[str, Any], output: str) -> None:
+    fill = f", batch fill {summary['batch_fill']:.2f}" if summary.get("batch_fill") is not None else ""
     typer.echo(
         f"{summary['rows']} rows: {summary['ok']} ok, {summary['failed']} failed; "
         f"{summary.get('processed_this_run', 0)} processed in {summary.get('wall_seconds', 0):.1f}s "
-        f"({summary.get('images_per_second') or 0:.2f} images/s) -> {output}"
+        f"({summary.get('images_per_second') or 0:.2f} images/s{fill}) -> {output}"
     )
 
 
@@ -76,9 +118,23 @@ def run(
     output: OutputOpt = None,
     stylizer: StylizerOpt = None,
     style: StyleOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (shards done/pending); start nothing.")
+    ] = False,
 ) -> None:
     """Run a batch job here: embedded local Ray, or the cluster at $RAY_ADDRESS. Reruns resume."""
     cfg = _config(config or config_opt, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
+    if dry_run:
+        from pipeline.runner import plan_job
+
+        _, plan = plan_job(cfg, write=False)
+        pending = plan.pending
+        typer.echo(
+            f"{plan.rows} rows in {plan.shards} shards of {plan.shard_rows}: {plan.shards - len(pending)} done, "
+            f"{len(pending)} pending ({plan.pending_rows()} rows to stylize with {cfg.stylizer}, "
+            f"batch {cfg.batch_size}, {cfg.actors} actor(s)) -> {cfg.output}"
+        )
+        return
     summary = run_with_progress(cfg)
     _print_summary(summary, cfg.output)
 
@@ -95,7 +151,11 @@ def submit(
     stylizer: StylizerOpt = None,
     style: StyleOpt = None,
 ) -> None:
-    """Submit a batch job to a Ray cluster through the Jobs API; the id is derived from the config."""
+    """Submit a batch job to a Ray cluster through the Jobs API; the id is derived from the config.
+
+    A config whose storage_options hold credentials is refused: the cluster brings its own
+    (node environment, instance role, or a Kubernetes secret as in configs/rayjob.yaml).
+    """
     from pipeline import submit as jobs_api
     from pipeline.errors import JobError
 

@@ -1,4 +1,4 @@
-"""`stylize models list`."""
+"""`stylize models list | show`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.models import list_models
+from pipeline.models import get_card, list_models
 
 app = typer.Typer(help="The registered stylizers and their weights.", no_args_is_help=True)
 
@@ -36,3 +36,28 @@ def list_command(
         for item in found:
             ckpt.add_row(item.uri, item.stylizer, str(item.step), item.style)
         console.print(ckpt if found else f"no checkpoints under {checkpoints}")
+
+
+@app.command("show")
+def show_command(name: Annotated[str, typer.Argument(help="A registered stylizer name.")]) -> None:
+    """One stylizer's card: paper, contract, preprocessing, and each weight source with its licence."""
+    card = get_card(name)
+    ok, where = card.availability()
+    low, high = card.input_range
+    kind = "feed-forward" if card.feed_forward else "optimisation"
+    masks = "native" if card.native_masks else "composited"
+    lines = [
+        f"{card.name}: {card.paper}",
+        f"family {card.family}, {kind}, styles: {card.style_kind}, masks: {masks}",
+        f"input: (B,3,H,W) float in [{low:g},{high:g}]; {card.preprocessing}",
+        f"weights here: {'yes' if ok else 'no'} ({where})",
+    ]
+    table = Table("weight source", "licence")
+    table.add_column("where from", overflow="fold")  # URLs: wrap, never cut
+    for source in card.weight_sources:
+        table.add_row(source.name, source.licence, source.where)
+    console = Console()
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    if card.weight_sources:
+        console.print(table)

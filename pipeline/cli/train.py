@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from typing import Annotated
 
 import typer
@@ -26,7 +27,7 @@ Lr = Annotated[float | None, typer.Option(help="Adam learning rate.")]
 ImageSize = Annotated[int, typer.Option(min=16, help="Random crop side in pixels.")]
 ResizeTo = Annotated[int | None, typer.Option(min=16, help="Shorter side before cropping (default per family).")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Precision = Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")]
 EncoderWeights = Annotated[
     str, typer.Option(help="Loss/encoder VGG: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
@@ -39,7 +40,7 @@ InitFrom = Annotated[
     ),
 ]
 CheckpointEvery = Annotated[int, typer.Option(min=1, help="Write a checkpoint every N steps.")]
-LogEvery = Annotated[int, typer.Option(min=1, help="Print losses every N steps.")]
+LogEvery = Annotated[int, typer.Option(min=1, help="Print losses every N steps when the output is not a terminal.")]
 Workers = Annotated[int, typer.Option(min=0, help="Ray Train workers (data parallel); 0 runs in this process.")]
 CpusPerWorker = Annotated[
     int | None, typer.Option(min=1, help="CPUs (and torch threads) per worker; default: the node's CPUs / workers.")
@@ -52,7 +53,7 @@ Wait = Annotated[bool, typer.Option(help="With --submit: wait for the job to fin
 
 
 def _launch(data: dict, *, submit: bool, address: str | None, wait: bool) -> None:
-    from pipeline.train.common import TrainConfig
+    from pipeline.train.config import TrainConfig
 
     config = TrainConfig(**{k: v for k, v in data.items() if v is not None}).resolved()
     if submit:
@@ -66,15 +67,22 @@ def _launch(data: dict, *, submit: bool, address: str | None, wait: bool) -> Non
             if state != "SUCCEEDED":
                 raise JobError(f"training job {job_id} ended {state}")
         return
-    from pipeline.train.loop import run
+    from pipeline.train.launch import run
+    from pipeline.train.progress import losses_text, progress_for
 
-    summary = run(config)
+    started = time.monotonic()
+    summary = run(config, progress=progress_for(config.stylizer, config.steps or 0, every=config.log_every))
     if summary.get("skipped_content") or summary.get("skipped_style"):
         typer.echo(
             f"skipped bad rows: {summary.get('skipped_content', 0)} content, {summary.get('skipped_style', 0)} style",
             err=True,
         )
-    typer.echo(f"trained {config.stylizer} to step {summary.get('step')}: {summary.get('checkpoint', '')}")
+    losses = {k: v for k, v in (summary.get("losses") or {}).items() if k not in ("lr", "seconds")}
+    took = time.monotonic() - started
+    where = summary.get("checkpoint", "")
+    typer.echo(f"trained {config.stylizer} to step {summary.get('step')} in {took:.0f}s: {where}")
+    if losses:
+        typer.echo(f"last losses: {losses_text(losses)}")
 
 
 def submit_training(config, *, address: str | None = None) -> tuple[str, bool]:

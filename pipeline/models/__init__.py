@@ -2,6 +2,6 @@
 
 from pipeline.models import adain, dumoulin, gatys, ghiasi, johnson, sanet, wct  # noqa: F401 - registration
 from pipeline.models.base import Style, Stylizer
-from pipeline.models.registry import ModelCard, create, get_card, list_models, register
+from pipeline.models.registry import ModelCard, WeightSource, create, get_card, list_models, register
 
-__all__ = ["ModelCard", "Style", "Stylizer", "create", "get_card", "list_models", "register"]
+__all__ = ["ModelCard", "Style", "Stylizer", "WeightSource", "create", "get_card", "list_models", "register"]

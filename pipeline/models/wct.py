@@ -20,16 +20,8 @@ from torch import Tensor
 
 from pipeline.errors import ConfigError
 from pipeline.models import vgg
-from pipeline.models.adain import (
-    ADAIN_FILES,
-    ADAIN_HELP,
-    WEIGHT_SOURCES,
-    AdaIN,
-    checkpoint_availability,
-    load_decoder,
-    make_encoder,
-    read_checkpoint,
-)
+from pipeline.models.adain import ADAIN_FILES, ADAIN_HELP, WEIGHT_SOURCES, AdaIN, load_decoder
+from pipeline.models.decoder_ckpt import checkpoint_availability, make_encoder, read_checkpoint
 from pipeline.models.registry import ModelCard, register
 
 # PytorchWCT's cut-off: eigen-directions with less variance than this carry only noise
@@ -118,16 +110,15 @@ def create_wct(
 
 register(
     ModelCard(
-        name="wct",
-        family="wct",
+        stylizer=WCT,
         paper="Li et al., Universal Style Transfer via Feature Transforms, NeurIPS 2017 (single relu4_1 level)",
-        style_kind="image",
-        weight_sources=("the AdaIN weights (same --weights; default $STYLIZE_CACHE/adain/)", *WEIGHT_SOURCES[:2]),
+        factory=create_wct,
+        # the AdaIN weights: same --weights, same default location
+        weight_sources=WEIGHT_SOURCES,
         preprocessing=(
-            "RGB [0,1]; encoder input conv applies its convention (vgg_normalised: BGR 0-255 minus mean); content "
+            "encoder input conv applies its convention (vgg_normalised: BGR 0-255 minus mean); content "
             "reflect-padded to a multiple of 8; whitening/colouring of relu4_1 in float64; AdaIN decoder"
         ),
-        factory=create_wct,
         availability=lambda: checkpoint_availability("adain", ADAIN_FILES, ADAIN_HELP),
     )
 )

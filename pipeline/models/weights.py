@@ -8,8 +8,10 @@ fsspec knows) are copied once into the cache directory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor
@@ -18,6 +20,7 @@ from pipeline.errors import WeightsError
 
 # .model and .pth.tar are what pytorch/examples and pytorch-AdaIN training scripts save
 SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".model", ".tar")
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit on the JSON header
 
 
 def cache_dir() -> Path:
@@ -98,15 +101,42 @@ def load_state_dict(uri: str, *, sha256: str | None = None) -> dict[str, Tensor]
     return dict(obj)
 
 
+def read_header(f: BinaryIO) -> dict[str, str] | None:
+    """The ``__metadata__`` of the safetensors file open in ``f`` (at its start); None if it is not one.
+
+    The one safetensors header reader: it reads only the 8-byte length and the JSON header, never the
+    tensors, so listing a bucket of checkpoints (``pipeline.checkpoints``) stays cheap.
+    """
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    n = int.from_bytes(head, "little")
+    if n <= 0 or n > MAX_HEADER_BYTES:
+        return None
+    raw = f.read(n)
+    try:
+        header = json.loads(raw) if len(raw) == n else None
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
 def read_metadata(uri: str) -> dict[str, str]:
-    """The safetensors header metadata of ``uri`` ({} for other formats)."""
+    """The safetensors header metadata of ``uri`` ({} for other formats); raises ``WeightsError``."""
     path = local_path(split_sha256(uri)[0])
     if path.suffix != ".safetensors":
         return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with open(path, "rb") as f:
+            meta = read_header(f)
+    except OSError as exc:
+        raise WeightsError(f"cannot read {path}: {exc}") from None
+    if meta is None:
+        raise WeightsError(f"{path} is not a safetensors file (no readable header)")
+    return meta
 
 
 def load_into(module: torch.nn.Module, state: dict[str, Tensor], *, what: str, partial: bool = False) -> None:

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 from pipeline.models import vgg
 from pipeline.models.adain import adain, build_decoder
 from pipeline.models.losses import ContentLoss, MeanStdStyleLoss
-from pipeline.train.common import Task, TrainConfig, layer_gains
+from pipeline.train.config import TrainConfig
+from pipeline.train.registry import register
+from pipeline.train.task import Task, layer_gains
 
 TARGET_LAYER = "relu4_1"
 
@@ -34,9 +36,11 @@ def is_file_source(source: str) -> bool:
     return source not in vgg.ENCODER_SOURCES
 
 
+@register
 class AdaINTask(Task):
     stylizer = "adain"
     encoder_last = TARGET_LAYER
+    export_prefix = "decoder."
 
     def __init__(self, config: TrainConfig, encoder: nn.Module) -> None:
         super().__init__(config, encoder)

@@ -5,6 +5,10 @@ cropped from it, as in the papers (AdaIN/SANet: 512 then 256 crops; Johnson: 256
 object is missing or does not decode is skipped once, counted in ``skipped`` with its reason, and
 never read again; only a manifest with no usable row at all is an error.
 
+Sampling is counter-based: the ``i``-th image a sampler draws depends only on its seed, ``i`` and
+the manifest, never on what was drawn before, so a resumed run continues with exactly the batches
+an uninterrupted run would have drawn.
+
 Decoded, resized images are kept in memory up to ``cache_images`` of them, so a small set (a
 style manifest, a demo run) is decoded once; larger sets are re-read from storage each epoch.
 """
@@ -21,22 +25,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from pipeline.codec import decode_image
+from pipeline.codec import decode_image, to_tensor
 from pipeline.errors import ConfigError, ManifestError, StylizeError
 from pipeline.storage import ALLOWED_SCHEMES, read_source
-
-
-def read_uris(path: str, allowed_schemes: Sequence[str] = tuple(ALLOWED_SCHEMES)) -> list[str]:
-    """Image URIs of a manifest: a Parquet manifest's ``uri`` column, or a text file with one URI per line."""
-    if str(path).endswith(".parquet"):
-        from pipeline.manifest import read_manifest
-
-        return [str(u) for u in read_manifest(path).column("uri").to_pylist() if u]
-    try:
-        text = read_source(path, allowed_schemes).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ManifestError(f"{path} is neither a .parquet manifest nor a UTF-8 list of URIs") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def resize_shorter(array: np.ndarray, size: int) -> np.ndarray:
@@ -47,6 +38,11 @@ def resize_shorter(array: np.ndarray, size: int) -> np.ndarray:
     if new == (w, h):
         return array
     return np.asarray(Image.fromarray(array).resize(new, Image.Resampling.BILINEAR))
+
+
+def read_style_image(uri: str, size: int, allowed_schemes: Sequence[str] = tuple(ALLOWED_SCHEMES)) -> Tensor:
+    """One style image, shorter side ``size``, (1,3,h,w) in [0,1]; raises ``StorageError``/``DecodeError``."""
+    return to_tensor(resize_shorter(decode_image(read_source(uri, allowed_schemes)).array, size))
 
 
 def random_crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -65,8 +61,11 @@ def to_batch(arrays: list[np.ndarray]) -> Tensor:
 class ImageSampler:
     """Endless random ``(B,3,S,S)`` batches in [0,1] from a list of image URIs.
 
-    Rows are visited in a fresh random order each epoch. ``skipped`` counts bad rows and
-    ``reasons`` keeps the first few messages. Thread-safe for one consumer plus the prefetcher.
+    Draw ``i`` (counted from ``start``) takes row ``perm_e[i % n]``, where ``perm_e`` is epoch
+    ``e = i // n``'s permutation of all ``n`` rows, and its crop from a generator keyed on ``i``;
+    both generators are keyed on ``seed`` too. A bad row is replaced by the first good one of a
+    sequence keyed on ``i``, so later draws do not shift. ``skipped`` counts bad rows, ``reasons``
+    keeps the first few messages. Thread-safe for one consumer plus the prefetcher.
     """
 
     def __init__(
@@ -75,7 +74,8 @@ class ImageSampler:
         *,
         image_size: int,
         resize_to: int,
-        rng: np.random.Generator,
+        seed: Sequence[int],
+        start: int = 0,
         cache_images: int = 512,
         allowed_schemes: Sequence[str] = tuple(ALLOWED_SCHEMES),
         name: str = "content",
@@ -87,21 +87,27 @@ class ImageSampler:
         self.uris = list(uris)
         self.image_size = image_size
         self.resize_to = resize_to
-        self.rng = rng
+        self.seed = [int(s) for s in seed]
+        self.drawn = start
         self.cache_images = cache_images
         self.allowed_schemes = tuple(allowed_schemes)
         self.name = name
         self.bad: set[int] = set()
         self.reasons: list[str] = []
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._order: list[int] = []
+        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
         self._lock = threading.Lock()
 
     @property
     def skipped(self) -> int:
         return len(self.bad)
 
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([*self.seed, *key])
+
     def _load(self, index: int) -> np.ndarray | None:
+        if index in self.bad:
+            return None
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
@@ -119,25 +125,26 @@ class ImageSampler:
                 self._cache.popitem(last=False)
         return array
 
-    def _next_index(self) -> int:
-        if not self._order:
-            good = [i for i in range(len(self.uris)) if i not in self.bad]
-            if not good:
-                first = self.reasons[0] if self.reasons else "no reason recorded"
-                raise ManifestError(
-                    f"no usable image in the {self.name} manifest: all {len(self.uris)} rows failed (first: {first})"
-                )
-            self._order = [good[i] for i in self.rng.permutation(len(good))]
-        return self._order.pop()
+    def _row(self, i: int) -> int:
+        epoch, position = divmod(i, len(self.uris))
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, self._rng(0, epoch).permutation(len(self.uris)))
+        return int(self._perm[1][position])
 
     def sample(self) -> np.ndarray:
-        """One random (S,S,3) uint8 crop; bad rows are skipped."""
+        """The next (S,S,3) uint8 crop; bad rows are skipped."""
         with self._lock:
-            while True:
-                index = self._next_index()
-                array = self._load(index)
-                if array is not None:
-                    return random_crop(array, self.image_size, self.rng)
+            i = self.drawn
+            self.drawn += 1
+            index, attempt = self._row(i), 0
+            while (array := self._load(index)) is None:
+                if len(self.bad) == len(self.uris):
+                    first = self.reasons[0] if self.reasons else "no reason recorded"
+                    n = len(self.uris)
+                    raise ManifestError(f"no usable image in the {self.name} manifest: all {n} rows failed ({first})")
+                attempt += 1
+                index = int(self._rng(2, i, attempt).integers(len(self.uris)))
+            return random_crop(array, self.image_size, self._rng(1, i))
 
     def batch(self, batch_size: int) -> Tensor:
         """(B,3,S,S) float32 in [0,1]."""

@@ -14,24 +14,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pipeline.errors import ConfigError
 from pipeline.models.johnson import TransformerNet
 from pipeline.models.losses import ContentLoss, GramStyleLoss, TVLoss
 from pipeline.models.vgg import layer_order
-from pipeline.train.common import Task, TrainConfig
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import read_style_image
+from pipeline.train.registry import register
+from pipeline.train.task import Task
 
 INPUT_SCALE = 255.0
 
 
+@register
 class JohnsonTask(Task):
     stylizer = "johnson"
     needs_style_batches = False
 
-    def __init__(self, config: TrainConfig, encoder: nn.Module, style: Tensor) -> None:
-        """``style``: the one style image, (1,3,h,w) in [0,1], already at ``style_size``."""
+    def __init__(self, config: TrainConfig, encoder: nn.Module) -> None:
         super().__init__(config, encoder)
         self.net = TransformerNet()
         self.content_layers = list(config.content_layers or [])
         self.style_layers = list(config.style_layers or [])
+        missing = [n for n in self.content_layers + self.style_layers if n not in encoder.plan]
+        if missing:
+            raise ConfigError(f"{encoder.source} ({encoder.arch}) has no layers {missing}")
+        assert config.style and config.style_size  # resolved() checked them
+        # the one style image, (1,3,h,w) in [0,1], shorter side style_size
+        style = read_style_image(config.style, config.style_size, config.allowed_schemes)
         self.layers = sorted(set(self.content_layers) | set(self.style_layers), key=layer_order(encoder.arch).index)
         self.content_loss = ContentLoss(self.content_layers)
         self.style_loss = GramStyleLoss(self.style_layers)

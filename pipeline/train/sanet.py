@@ -27,7 +27,9 @@ from pipeline.models.adain import build_decoder
 from pipeline.models.losses import ContentLoss, IdentityLoss, MeanStdStyleLoss
 from pipeline.models.sanet import Transform, mean_variance_norm
 from pipeline.train.adain import embed_encoder, is_file_source
-from pipeline.train.common import Task, TrainConfig, layer_gains
+from pipeline.train.config import TrainConfig
+from pipeline.train.registry import register
+from pipeline.train.task import Task, layer_gains
 
 DEEP = ("relu4_1", "relu5_1")
 
@@ -44,6 +46,7 @@ class SANetNet(nn.Module):
         return self.decoder(self.transform(c4, s4, c5, s5))
 
 
+@register
 class SANetTask(Task):
     stylizer = "sanet"
     encoder_last = "relu5_1"
