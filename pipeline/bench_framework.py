@@ -37,24 +37,43 @@ def main(argv: list[str] | None = None) -> None:
     stylize = str(Path(sys.executable).parent / "stylize")
     if not manifest.exists():
         write_tiny(photos, args.images)
-        subprocess.run([stylize, "manifest", "build", str(photos), "--out", str(manifest)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [stylize, "manifest", "build", str(photos), "--out", str(manifest)], check=True, capture_output=True
+        )
     output = args.workdir / "out"
     shutil.rmtree(output, ignore_errors=True)
     sets = ["metrics=false", f"batch_size={args.batch_size}", "format=png", *args.set]
-    cmd = [stylize, "run", "--manifest", str(manifest), "--output", str(output), "--stylizer", "dumoulin",
-           "--style", "7"] + [x for s in sets for x in ("--set", s)]
+    cmd = [
+        stylize,
+        "run",
+        "--manifest",
+        str(manifest),
+        "--output",
+        str(output),
+        "--stylizer",
+        "dumoulin",
+        "--style",
+        "7",
+    ] + [x for s in sets for x in ("--set", s)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(proc.stderr.strip()[-800:])
     summary = json.loads((output / "_SUCCESS").read_text())
-    print(json.dumps({
-        "images": args.images, "command_wall_s": round(wall, 2), "command_images_per_s": round(args.images / wall, 1),
-        "run_wall_s": summary["wall_seconds"], "run_images_per_s": summary["images_per_second"],
-        "batch_fill": summary.get("batch_fill"), "sets": sets,
-    }))
+    print(
+        json.dumps(
+            {
+                "images": args.images,
+                "command_wall_s": round(wall, 2),
+                "command_images_per_s": round(args.images / wall, 1),
+                "run_wall_s": summary["wall_seconds"],
+                "run_images_per_s": summary["images_per_second"],
+                "batch_fill": summary.get("batch_fill"),
+                "sets": sets,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

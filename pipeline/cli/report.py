@@ -9,7 +9,9 @@ import typer
 
 def report(
     output: Annotated[str, typer.Argument(help="A job's output root (folder or s3://bucket/prefix).")],
-    sample: Annotated[int, typer.Option(min=0, help="Random ok images on the contact sheet (original beside output).")] = 24,
+    sample: Annotated[
+        int, typer.Option(min=0, help="Random ok images on the contact sheet (original beside output).")
+    ] = 24,
     seed: Annotated[int, typer.Option(help="Seed of the contact sheet's sample.")] = 0,
     worst: Annotated[int, typer.Option(min=0, help="Worst ok images to show, by --worst-by.")] = 8,
     worst_by: Annotated[

@@ -149,6 +149,20 @@ class AdaIN(Stylizer):
         t = mix_targets(self.targets(f_c, style_feats, regions), weights, regions)
         return self.decoder(alpha * t + (1.0 - alpha) * f_c)
 
+    per_sample_styles = True
+
+    def transfer_each(self, content: Tensor, styles: list[list[Style]], *, alpha: float) -> Tensor:
+        # encoder and decoder run on the whole batch; only the per-image feature transform differs
+        self.require_min_size(content, what="content")
+        f_c = self.encode(content)
+        if alpha == 0.0:
+            return self.decoder(f_c)
+        targets = []
+        for i, own in enumerate(styles):
+            feats = [self.style_features(s, self.encode, device=f_c.device, dtype=content.dtype) for s in own]
+            targets.append(mix_targets(self.targets(f_c[i : i + 1], feats, None), normalized_weights(own), None))
+        return self.decoder(alpha * torch.cat(targets) + (1.0 - alpha) * f_c)
+
 
 def load_decoder(state: dict[str, Tensor], *, what: str) -> nn.Sequential:
     decoder = build_decoder()

@@ -317,6 +317,23 @@ class Ghiasi(Stylizer):
             vec = alpha * vec + (1.0 - alpha) * self.style_vectors(content)
         return run_min_size(self.transformer, content, vec).contiguous()
 
+    per_sample_styles = True
+
+    def transfer_each(self, content: Tensor, styles: list[list[Style]], *, alpha: float) -> Tensor:
+        # conditional instance norm takes one style vector per image
+        def vector(own: list[Style]) -> Tensor:
+            weights = normalized_weights(own)
+            parts = [
+                w * self.style_vectors(s.image_batch(content.device, content.dtype)).mean(0)
+                for s, w in zip(own, weights, strict=True)
+            ]
+            return sum(parts[1:], parts[0])
+
+        vec = torch.stack([vector(own) for own in styles])
+        if alpha < 1.0:
+            vec = alpha * vec + (1.0 - alpha) * self.style_vectors(content)
+        return run_min_size(self.transformer, content, vec).contiguous()
+
 
 _ONNX_KEYS = [
     (r"MobilenetV2/Conv/weights", "predictor.stem"),
