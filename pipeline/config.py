@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError, StorageError
 from pipeline.storage import ALLOWED_SCHEMES, check_scheme
 
 _SCHEME = re.compile(r"^[a-z0-9+.-]*$")
+DEFAULT_TILE_PIXELS = 4_000_000  # feed-forward models tile larger images (jobs, `stylize image`, the controls)
 SECRET_KEY = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 
 
@@ -63,7 +64,9 @@ class JobConfig(BaseModel):
         description="Manifest rows per shard, the unit an actor owns (fixed once a run starts).",
     )
     tile_pixels: int | None = Field(
-        4_000_000, ge=4096, description="Feed-forward models stylize larger images in feathered tiles (None: never)."
+        DEFAULT_TILE_PIXELS,
+        ge=4096,
+        description="Feed-forward models stylize larger images in feathered tiles (None: never).",
     )
     mask_column: str | None = Field(
         None, description="Manifest column with a per-image mask image URI: white areas get mask_style."

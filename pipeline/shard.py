@@ -196,6 +196,7 @@ class ShardWorker:
         data = encode_image(array, self.config.format, self.config.quality)
         uri = self.storage.put(layout.output_key(item.row["image_id"], self.config.format), data)
         item.row["seconds_encode"] = time.perf_counter() - t0
+        item.row["finished_at"] = time.time()
         return uri
 
     def _model(self, content: torch.Tensor, styles: list[list[Style]], masks: torch.Tensor | None) -> torch.Tensor:
@@ -355,7 +356,7 @@ class ShardWorker:
                     item.row["output_uri"] = item.output.result()
                 except Exception as exc:  # noqa: BLE001
                     item.fail(describe(exc))
-            item.row["finished_at"] = time.time()
+            item.row.setdefault("finished_at", time.time())
         rows = [it.row for it in items]
         summary = shard_summary(
             rows,

@@ -9,7 +9,6 @@ import typer
 from PIL import Image
 
 from pipeline.errors import ConfigError
-from pipeline.styles import parse_style_spec
 
 
 def gallery(
@@ -26,6 +25,7 @@ def gallery(
     """Write <family>.jpg contact sheets (and controls.jpg) into --out."""
     from pipeline import gallery as g
     from pipeline.models import get_card, list_models
+    from pipeline.styles import parse_style_spec
 
     given = dict(w.split("=", 1) for w in (weights or []) if "=" in w)
     if len(given) != len(weights or []):

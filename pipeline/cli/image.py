@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
-import torch
 import typer
 
-from pipeline.codec import encode_image, read_image, to_array, to_tensor
-from pipeline.devices import resolve_device
+from pipeline.config import DEFAULT_TILE_PIXELS
 from pipeline.errors import ConfigError, InputError
-from pipeline.models import controls, create, get_card
-from pipeline.models.base import Style
-from pipeline.styles import parse_style_spec
+
+if TYPE_CHECKING:  # torch and the models load when the command runs, not for every `stylize` call
+    import torch
+
+    from pipeline.models.base import Style
 
 
 def _load_masks(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
     """Grey mask images -> (1,K,H,W) in [0,1]; each must match the content's size exactly."""
+    import numpy as np
+    import torch
+
+    from pipeline.codec import read_image
+
     masks = []
     for path in paths:
         decoded = read_image(str(path))
@@ -32,6 +36,10 @@ def _load_masks(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
 def _masked_styles(
     mask_paths: list[Path], mask_specs: list[str], background: str | None, size: tuple[int, int]
 ) -> tuple[list[Style], torch.Tensor]:
+    import torch
+
+    from pipeline.styles import parse_style_spec
+
     if len(mask_paths) != len(mask_specs):
         raise ConfigError(f"give one --mask-style per --mask ({len(mask_paths)} masks, {len(mask_specs)} styles)")
     styles = []
@@ -61,7 +69,7 @@ def image(
     max_side: Annotated[int | None, typer.Option(min=16, help="Cap the longer side (default: original size).")] = None,
     tile_pixels: Annotated[
         int, typer.Option(help="Feed-forward models tile images above this many pixels.")
-    ] = controls.DEFAULT_TILE_PIXELS,
+    ] = DEFAULT_TILE_PIXELS,
     steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps (gatys).")] = None,
     encoder_weights: Annotated[
         str, typer.Option(help="VGG weights: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
@@ -72,6 +80,15 @@ def image(
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")] = 92,
 ) -> None:
     """Stylize one image and write it to --output."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.codec import encode_image, fit, read_image, to_array, to_tensor
+    from pipeline.devices import resolve_device
+    from pipeline.models import controls, create, get_card
+    from pipeline.models.base import Style
+    from pipeline.styles import parse_style_spec
+
     started = time.perf_counter()
     torch.manual_seed(seed)
     fmt = output.suffix.lower().lstrip(".")
@@ -94,14 +111,17 @@ def image(
     if not card.feed_forward:  # optimisation methods take their schedule from the command line
         options = {"seed": seed, **({"steps": steps} if steps else {})}
     model = create(stylizer, weights=weights, encoder_weights=encoder_weights, device=resolve_device(device), **options)
+    # the one max-side fit that batch jobs use too, so both feed the model the same pixels
+    pixels = fit(decoded.array, max_side)
+    if masks is not None and masks.shape[-2:] != pixels.shape[:2]:
+        masks = F.interpolate(masks, size=pixels.shape[:2], mode="bilinear", align_corners=False)
     out = controls.stylize(
         model,
-        to_tensor(decoded.array),
+        to_tensor(pixels),
         styles,
         alpha=alpha,
         preserve_color=preserve_color,  # type: ignore[arg-type]
         masks=masks,
-        max_side=max_side,
         tile_pixels=tile_pixels,
     )
     output.parent.mkdir(parents=True, exist_ok=True)

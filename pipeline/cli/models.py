@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.models import get_card, list_models
-
 app = typer.Typer(help="The registered stylizers and their weights.", no_args_is_help=True)
 
 
@@ -20,6 +18,8 @@ def list_command(
     ] = None,
 ) -> None:
     """Every registered stylizer, its family, and whether its weights are available here."""
+    from pipeline.models import list_models
+
     table = Table("name", "family", "style", "weights", "where / how to get them")
     for card in list_models():
         ok, where = card.availability()
@@ -41,6 +41,8 @@ def list_command(
 @app.command("show")
 def show_command(name: Annotated[str, typer.Argument(help="A registered stylizer name.")]) -> None:
     """One stylizer's card: paper, contract, preprocessing, and each weight source with its licence."""
+    from pipeline.models import get_card
+
     card = get_card(name)
     ok, where = card.availability()
     low, high = card.input_range

@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.config import DEFAULT_TILE_PIXELS
 from pipeline.errors import ConfigError, InputError
 from pipeline.models.base import Style, Stylizer, check_images
 
 ColorMode = Literal["none", "luminance", "histogram"]
 COLOR_MODES: tuple[str, ...] = ("none", "luminance", "histogram")
-DEFAULT_TILE_PIXELS = 4_000_000
 # consecutive tiles share at least this many px; the outer TILE_CONTEXT px of each get zero weight
 TILE_OVERLAP = 64
 TILE_CONTEXT = 16
