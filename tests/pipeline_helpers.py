@@ -6,7 +6,6 @@ import io
 import struct
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -41,14 +40,11 @@ CONFIG_DEFAULTS: dict[str, Any] = {
 
 
 def job_config(manifest: str | Path, output: str | Path, **overrides: Any) -> Any:
-    """A ``JobConfig`` for tests (pipeline.config's, or a namespace with the same fields)."""
+    """A ``JobConfig`` for tests: the test defaults above, then ``overrides`` (None means the key's default)."""
+    from pipeline.config import JobConfig
+
     fields = {**CONFIG_DEFAULTS, "manifest": str(manifest), "output": str(output), **overrides}
-    try:
-        from pipeline.config import JobConfig
-    except ImportError:
-        return SimpleNamespace(**fields)
-    known = set(JobConfig.model_fields)
-    return JobConfig(**{k: v for k, v in fields.items() if k in known and v is not None})
+    return JobConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
 def photo(size: tuple[int, int] = (48, 32), seed: int = 0) -> np.ndarray:

@@ -44,6 +44,21 @@ def test_run_with_flags_and_set(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "images").iterdir()) == ["p0.png", "p1.png", "p2.png"]
 
 
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path) -> None:
+    paths = write_inputs(tmp_path / "in", {f"p{i}": encode(photo(seed=i)) for i in range(5)})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    out = tmp_path / "out"
+    args = ["run", "--manifest", str(manifest), "--output", str(out), "--set", "shard_rows=2", "--dry-run"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "5 rows in 3 shards of 2: 0 done, 3 pending (5 rows to stylize" in result.output
+    assert not out.exists()  # nothing written, not even the plan
+    (out / "metrics").mkdir(parents=True)
+    (out / "metrics" / "shard-00001.parquet").write_bytes(b"")  # a committed shard (only its key counts)
+    result = CliRunner().invoke(app, args)
+    assert "1 done, 2 pending (3 rows" in result.output, result.output
+
+
 def test_run_reports_config_errors_as_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--manifest", "m.parquet", "--output", "o", "--set", "batch_size=0"])
     assert result.exit_code != 0

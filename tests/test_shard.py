@@ -286,3 +286,38 @@ def test_quality_metrics(tmp_path: Path) -> None:
         torch.cat([content, content * 0.5]), torch.cat([content, content]), ["red"] * 2, [styles, styles]
     )
     assert both[0]["content_distance"] == pytest.approx(0.0, abs=1e-6) and both[1]["content_distance"] > 0.01
+
+
+def test_a_batch_job_and_stylize_image_give_the_same_pixels(tmp_path: Path) -> None:
+    """One max-side fit, one engine choice: the CLI and a job write identical PNGs for the same photo."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    source = write_inputs(tmp_path / "in", {"p": encode(photo((90, 60), seed=4))})["p"]
+    png = tmp_path / "cli.png"
+    args = ["image", source, "-o", str(png), "--stylizer", "dumoulin", "--style", "7", "--max-side", "45"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    ((row,), _) = run_shard(tmp_path, [("p", source)], stylizer="dumoulin", style="7", max_side=45, device="cpu")
+    job = decode_image(Path(row["output_uri"]).read_bytes()).array
+    np.testing.assert_array_equal(job, decode_image(png.read_bytes()).array)
+    assert job.shape == (30, 45, 3)
+
+
+def test_masks_from_a_manifest_column(tmp_path: Path) -> None:
+    """mask_column: white areas get mask_style, the rest the job's style (test-tint pulls towards the style)."""
+    red = write_inputs(tmp_path / "s", {"red": encode(np.full((16, 16, 3), (255, 0, 0), np.uint8))})["red"]
+    blue = write_inputs(tmp_path / "s", {"blue": encode(np.full((16, 16, 3), (0, 0, 255), np.uint8))})["blue"]
+    mask = np.zeros((32, 48, 3), np.uint8)
+    mask[:, :24] = 255  # left half
+    masks = write_inputs(tmp_path / "m", {"left": encode(mask)})
+    grey = write_inputs(tmp_path / "in", {"g": encode(np.full((32, 48, 3), 128, np.uint8))})
+    ((row,), _) = run_shard(
+        tmp_path, [("g", grey["g"])], stylizer="test-tint", style=blue, mask_style=red, mask_column="mask",
+        columns={"mask": [masks["left"]]},
+    )
+    assert row["status"] == "ok", row["error"]
+    out = decode_image(Path(row["output_uri"]).read_bytes()).array.astype(int)
+    left, right = out[:, :20].reshape(-1, 3).mean(0), out[:, 28:].reshape(-1, 3).mean(0)
+    assert left[0] > left[2] + 60 and right[2] > right[0] + 60, (left, right)

@@ -75,7 +75,10 @@ def image(
         str, typer.Option(help="VGG weights: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
     ] = "auto",
     weights: Annotated[str | None, typer.Option(help="Checkpoint path or URI for the stylizer.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    engine: Annotated[
+        str, typer.Option(help="auto (onnxruntime for dumoulin on CPU where installed), torch or onnxruntime.")
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")] = 92,
 ) -> None:
@@ -87,6 +90,7 @@ def image(
     from pipeline.devices import resolve_device
     from pipeline.models import controls, create, get_card
     from pipeline.models.base import Style
+    from pipeline.models.engines import resolve_engine, with_engine
     from pipeline.styles import parse_style_spec
 
     started = time.perf_counter()
@@ -110,7 +114,9 @@ def image(
     options: dict[str, int] = {}
     if not card.feed_forward:  # optimisation methods take their schedule from the command line
         options = {"seed": seed, **({"steps": steps} if steps else {})}
-    model = create(stylizer, weights=weights, encoder_weights=encoder_weights, device=resolve_device(device), **options)
+    dev = resolve_device(device)
+    chosen = resolve_engine(engine, stylizer, dev, custom_weights=bool(weights))
+    model = with_engine(create(stylizer, weights=weights, encoder_weights=encoder_weights, device=dev, **options), chosen)
     # the one max-side fit that batch jobs use too, so both feed the model the same pixels
     pixels = fit(decoded.array, max_side)
     if masks is not None and masks.shape[-2:] != pixels.shape[:2]:
