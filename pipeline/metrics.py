@@ -174,10 +174,9 @@ class QualityScorer:
 
     def score(self, out: Tensor, content: Tensor, spec: str, styles: Sequence[Style]) -> dict[str, float]:
         """One image: ``out`` and ``content`` (1,3,H,W) in [0,1]; sizes may differ (content's wins)."""
-        if out.shape[-2:] != content.shape[-2:]:
-            out = torch.nn.functional.interpolate(
-                out, size=content.shape[-2:], mode="bilinear", align_corners=False, antialias=True
-            )
+        from pipeline.models.controls import resize
+
+        out = resize(out, tuple(content.shape[-2:]))
         return self.score_batch(out, content, [spec], [styles])[0]
 
 

@@ -38,7 +38,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import InputError, StorageError, StylizeError
 from pipeline.metrics import QualityScorer, shard_file, shard_summary
 from pipeline.models.base import Style
-from pipeline.models.controls import stylize
+from pipeline.models.controls import resize, stylize
 from pipeline.raysession import import_plugins
 from pipeline.storage import Storage, read_source
 from pipeline.styles import assign_styles, parse_style_spec
@@ -229,10 +229,10 @@ class ShardWorker:
         """One model call over ``items`` at the call's size; outputs go to the writer threads."""
         t0 = time.perf_counter()
         size = (call.height, call.width)
-        batch = torch.cat([_resized(it.pixels.float().div_(255), size) for it in items]).to(self.device)
+        batch = torch.cat([resize(it.pixels.float().div_(255), size) for it in items]).to(self.device)
         masks = None
         if self.config.mask_column:
-            masks = torch.cat([_resized(it.mask, size) for it in items]).to(self.device)
+            masks = torch.cat([resize(it.mask, size) for it in items]).to(self.device)
         styles = [self.styles(it.row["style"]) for it in items]
         out = self._model(batch, styles, masks).float()
         self.calls += 1
@@ -243,7 +243,7 @@ class ShardWorker:
             scores = self.scorer.score_batch(out, batch.float(), [it.row["style"] for it in items], styles)
         t2 = time.perf_counter()
         for i, item in enumerate(items):
-            result = _resized(out[i : i + 1], tuple(item.pixels.shape[-2:])).cpu()
+            result = resize(out[i : i + 1], tuple(item.pixels.shape[-2:])).cpu()
             item.row.update(
                 out_height=int(result.shape[-2]),
                 out_width=int(result.shape[-1]),
@@ -373,12 +373,6 @@ class ShardWorker:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-
-
-def _resized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def _expand_masks(masks: torch.Tensor, inside: list[Style], outside: list[Style]) -> torch.Tensor:

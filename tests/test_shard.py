@@ -314,7 +314,12 @@ def test_masks_from_a_manifest_column(tmp_path: Path) -> None:
     masks = write_inputs(tmp_path / "m", {"left": encode(mask)})
     grey = write_inputs(tmp_path / "in", {"g": encode(np.full((32, 48, 3), 128, np.uint8))})
     ((row,), _) = run_shard(
-        tmp_path, [("g", grey["g"])], stylizer="test-tint", style=blue, mask_style=red, mask_column="mask",
+        tmp_path,
+        [("g", grey["g"])],
+        stylizer="test-tint",
+        style=blue,
+        mask_style=red,
+        mask_column="mask",
         columns={"mask": [masks["left"]]},
     )
     assert row["status"] == "ok", row["error"]

@@ -167,6 +167,7 @@ def test_train_lowers_loss_resumes_and_loads(
 def test_resumed_run_matches_an_uninterrupted_one(assets: dict[str, Path], tmp_path: Path, stylizer: str) -> None:
     """Killed after step 3 (last checkpoint: step 2) and rerun to step 4, a run ends with the same weights
     and optimizer state as 4 steps in one go. Fails if resuming re-initialises either, or draws other data."""
+
     def run(name: str, **kw) -> None:
         train_loop(_config(assets, stylizer, tmp_path / name, steps=4, checkpoint_every=2), **kw)
 

@@ -116,7 +116,8 @@ def image(
         options = {"seed": seed, **({"steps": steps} if steps else {})}
     dev = resolve_device(device)
     chosen = resolve_engine(engine, stylizer, dev, custom_weights=bool(weights))
-    model = with_engine(create(stylizer, weights=weights, encoder_weights=encoder_weights, device=dev, **options), chosen)
+    model = create(stylizer, weights=weights, encoder_weights=encoder_weights, device=dev, **options)
+    model = with_engine(model, chosen)
     # the one max-side fit that batch jobs use too, so both feed the model the same pixels
     pixels = fit(decoded.array, max_side)
     if masks is not None and masks.shape[-2:] != pixels.shape[:2]:

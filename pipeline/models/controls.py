@@ -90,6 +90,15 @@ def match_color(source: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
     return out.reshape(3, source.shape[0], *source.shape[2:]).permute(1, 0, 2, 3).to(source.dtype).clamp(0, 1)
 
 
+def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``x`` (B,C,H,W) resampled to ``size`` (H, W) with the package's one filter: bilinear with
+    antialias (a triangle filter widened by the scale factor when downscaling, so it does not alias;
+    non-negative weights that sum to 1, so [0,1] stays [0,1]). The same size comes back unchanged."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def resize_max_side(x: Tensor, max_side: int | None) -> Tensor:
     """Downscale ``x`` (B,3,H,W) float in [0,1] so its longer side is at most ``max_side``.
 
@@ -108,8 +117,7 @@ def resize_max_side(x: Tensor, max_side: int | None) -> Tensor:
     if max(h, w) <= max_side:
         return x
     scale = max_side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resize(x, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 def check_masks(masks: Tensor, content: Tensor, n_styles: int) -> Tensor:

@@ -52,6 +52,8 @@ class OnnxNet(torch.nn.Module):
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # no busy-waiting between ops: decode and encode threads share these cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.errors import ConfigError
 from pipeline.models.base import Style, Stylizer, normalized_weights
+from pipeline.models.controls import resize
 from pipeline.models.losses import ContentLoss, GramStyleLoss, TVLoss
 from pipeline.models.registry import ModelCard, register
 from pipeline.models.vgg import ENCODER_WEIGHT_SOURCES, VGGEncoder, encoder_availability, load_encoder
@@ -86,12 +86,6 @@ class GatysOptions:
             raise ConfigError(f"style_size must be >= 16 px, got {self.style_size}")
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 def _scaled_size(h: int, w: int, long_side: int) -> tuple[int, int]:
     f = long_side / max(h, w)
     return max(1, round(h * f)), max(1, round(w * f))
@@ -142,14 +136,14 @@ class Gatys(Stylizer):
             generator = torch.Generator(device="cpu").manual_seed(opt.seed)
             image: Tensor | None = None
             for size in pyramid(h, w, opt.scales):
-                target = _resize(content, size)
+                target = resize(content, size)
                 if image is None:
                     if opt.init == "content":
                         image = target.clone()
                     else:
                         image = torch.rand(target.shape, generator=generator).to(target.device)
                 else:
-                    image = _resize(image, size).clamp(0, 1)
+                    image = resize(image, size).clamp(0, 1)
                 style_long = round((opt.style_size or max(h, w)) * max(size) / max(h, w))
                 image = self._optimise(image, target, style_images, weights, style_long, alpha)
             assert image is not None
@@ -159,7 +153,7 @@ class Gatys(Stylizer):
         """Weighted sum of the styles' Gram matrices, each style resized to ``long_side``: {layer: (1,C,C)}."""
         mixed: dict[str, Tensor] = {}
         for img, wt in zip(style_images, weights, strict=True):
-            img = _resize(img, _scaled_size(*img.shape[-2:], max(16, long_side)))
+            img = resize(img, _scaled_size(*img.shape[-2:], max(16, long_side)))
             with torch.no_grad():
                 grams = GramStyleLoss.grams(self.encoder(img, layers=STYLE_LAYERS))
             for k, g in grams.items():

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from pipeline.errors import WeightsError
 from pipeline.models import onnx_port
 from pipeline.models.base import Style, Stylizer, normalized_weights
+from pipeline.models.controls import resize
 from pipeline.models.dumoulin import instance_norm_affine, run_min_size
 from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict
@@ -264,9 +265,7 @@ def square_crop_resize(img: Tensor, size: int = STYLE_SIZE) -> Tensor:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     img = img[..., top : top + side, left : left + side]
-    if side == size:
-        return img
-    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return resize(img, (size, size)).clamp(0, 1)
 
 
 class Ghiasi(Stylizer):

@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from pipeline.codec import decode_image, to_tensor
@@ -37,7 +36,10 @@ def resize_shorter(array: np.ndarray, size: int) -> np.ndarray:
     new = (max(size, round(w * scale)), max(size, round(h * scale)))
     if new == (w, h):
         return array
-    return np.asarray(Image.fromarray(array).resize(new, Image.Resampling.BILINEAR))
+    from pipeline.codec import to_array, to_tensor
+    from pipeline.models.controls import resize
+
+    return to_array(resize(to_tensor(array), (new[1], new[0])))
 
 
 def read_style_image(uri: str, size: int, allowed_schemes: Sequence[str] = tuple(ALLOWED_SCHEMES)) -> Tensor:
