@@ -168,7 +168,7 @@ def _model_only(config: Any, paths: list[str], repeats: int) -> float:
             done += batch.shape[0]
     rate = done / (time.perf_counter() - start)
     worker.close()
-    del worker  # its engine's threads must not share the cores with the job that runs next
+    worker.model = None  # its engine's threads must not share the cores with the job that runs next
     return rate
 
 
