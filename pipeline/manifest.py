@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import gzip
 import hashlib
 import os
 import posixpath
@@ -306,7 +307,7 @@ def write_table(table: pa.Table, path: str, *, row_group_size: int = 65_536) -> 
 # -- from an existing table ----------------------------------------------------------------------
 
 
-def _read_any_table(path: str, storage_options: dict | None) -> pa.Table:
+def _read_any_table(path: str, storage_options: dict | None, allowed: Iterable[str] = ALLOWED_SCHEMES) -> pa.Table:
     """Parquet, CSV/TSV (optionally .gz) or a .txt list of URIs (one a line)."""
     import pyarrow.csv as pacsv
 
@@ -328,9 +329,7 @@ def _read_any_table(path: str, storage_options: dict | None) -> pa.Table:
                     ),
                 )
         if lower.endswith(".txt"):
-            with fs.open(fpath, "rt", encoding="utf-8", compression="infer") as f:
-                uris = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-            return pa.table({"uri": pa.array(uris, pa.string())})
+            return pa.table({"uri": pa.array(read_uri_list(path, storage_options, allowed), pa.string())})
         return pq.read_table(fpath, filesystem=fs)
     except FileNotFoundError:
         raise ManifestError(f"table not found: {path}") from None
@@ -364,7 +363,7 @@ def from_table(
         check_scheme(out, allowed)
     except StorageError as exc:
         raise ManifestError(str(exc)) from None
-    table = _read_any_table(path, storage_options)
+    table = _read_any_table(path, storage_options, allowed)
     names = table.column_names
     if uri_column not in names:
         raise ManifestError(f"{path} has no column {uri_column!r}; columns: {', '.join(names)}")
@@ -449,7 +448,8 @@ def read_uri_list(
     from pipeline.storage import read_source
 
     try:
-        text = read_source(path, allowed_schemes, storage_options).decode("utf-8")
+        data = read_source(path, allowed_schemes, storage_options)
+        text = (gzip.decompress(data) if str(path).endswith(".gz") else data).decode("utf-8")
     except UnicodeDecodeError:
         raise ManifestError(f"{path} is neither a .parquet manifest nor a UTF-8 list of URIs") from None
     except StorageError as exc:

@@ -68,6 +68,25 @@ def check_can_start(config: JobConfig) -> None:
         from pipeline.styles import style_pool
 
         style_pool(config.style_manifest, config)
+    elif not config.style_column and card.style_kind == "image":
+        _check_style_images(config, [config.style, *([config.mask_style] if config.mask_style else [])])
+
+
+def _check_style_images(config: JobConfig, specs: list[str]) -> None:
+    """The job-wide style images exist and decode (else every row would fail in the actors)."""
+    from pipeline.codec import decode_image
+    from pipeline.errors import ConfigError, StylizeError
+    from pipeline.storage import read_source
+    from pipeline.styles import split_spec
+
+    for spec in specs:
+        for source, _ in split_spec(spec):
+            if source.isdigit():
+                continue
+            try:
+                decode_image(read_source(source, config.allowed_schemes, config.storage_options or None))
+            except StylizeError as exc:
+                raise ConfigError(f"style image {source}: {exc}") from None
 
 
 def _threads(config: JobConfig, local: bool) -> int:

@@ -92,6 +92,16 @@ CASES = [
     ("run-bad-number", "run --manifest {manifest} --output {out}/r4 --set batch_size=-5", "batch_size"),
     ("run-unknown-key", "run --manifest {manifest} --output {out}/r5 --set nope=1", "nope"),
     ("run-no-manifest", "run --output {out}/r6", "manifest"),
+    (
+        "run-missing-style-image",
+        "run --manifest {manifest} --output {out}/r7 --stylizer ghiasi --style {root}/no.jpg",
+        "style image",
+    ),
+    (
+        "run-style-not-an-image",
+        "run --manifest {manifest} --output {out}/r8 --stylizer ghiasi --style {text}",
+        "style image",
+    ),
     # stylize manifest
     ("manifest-build-missing-folder", "manifest build {root}/nowhere --out {out}/m.parquet", "not found"),
     ("manifest-build-no-source", "manifest build --out {out}/m.parquet", "SRC"),
