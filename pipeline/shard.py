@@ -193,7 +193,7 @@ class ShardWorker:
 
     def _write(self, item: Item, array: Any) -> str:
         t0 = time.perf_counter()
-        data = encode_image(array, self.config.format, self.config.quality)
+        data = encode_image(array, self.config.format, self.config.quality, self.config.png_level)
         uri = self.storage.put(layout.output_key(item.row["image_id"], self.config.format), data)
         item.row["seconds_encode"] = time.perf_counter() - t0
         item.row["finished_at"] = time.time()

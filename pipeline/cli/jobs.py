@@ -132,7 +132,7 @@ def run(
         typer.echo(
             f"{plan.rows} rows in {plan.shards} shards of {plan.shard_rows}: {plan.shards - len(pending)} done, "
             f"{len(pending)} pending ({plan.pending_rows()} rows to stylize with {cfg.stylizer}, "
-            f"batch {cfg.batch_size}, {cfg.actors} actor(s)) -> {cfg.output}"
+            f"batch {cfg.batch_size}, {cfg.actors or 'auto'} actor(s)) -> {cfg.output}"
         )
         return
     summary = run_with_progress(cfg)
