@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
 from pipeline.cli import INTERNAL_ERROR, run
 from tests.pipeline_fakes import PLUGIN
 from tests.pipeline_helpers import encode, photo, write_inputs, write_manifest
@@ -177,7 +176,7 @@ def buggy_image_command(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(path: str):
         raise RuntimeError("no such thing\nsecond line")
 
-    monkeypatch.setattr(cli.image, "read_image", broken)
+    monkeypatch.setattr("pipeline.codec.read_image", broken)  # what `stylize image` reads through
 
 
 def test_a_bug_is_one_internal_error_line_with_a_log(
