@@ -57,7 +57,7 @@ def vgg_rows() -> dict[str, float]:
     rows = {}
     for h, w in ((170, 256), (85, 128)):
         x = torch.rand(8, 3, h, w)
-        rows[f"{w} px fp32"] = median_ms(lambda x=x: enc(x, layers=layers), per=8)
+        rows[f"{w} px fp32"] = median_ms(lambda x=x, enc=enc: enc(x, layers=layers), per=8)
         cl = enc.to(memory_format=torch.channels_last)
         xc = x.contiguous(memory_format=torch.channels_last)
         rows[f"{w} px channels-last"] = median_ms(lambda cl=cl, xc=xc: cl(xc, layers=layers), per=8)
@@ -68,11 +68,11 @@ def vgg_rows() -> dict[str, float]:
 
 
 def png_rows() -> dict[str, list[float]]:
+    import skimage.data
+
     from pipeline.codec import to_array, to_tensor
     from pipeline.models import create
     from pipeline.models.base import Style
-
-    import skimage.data
 
     photo = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((1200, 800)))
     with torch.inference_mode():
