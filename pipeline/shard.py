@@ -305,6 +305,8 @@ class ShardWorker:
         crashes: dict[str, int] = marker.setdefault("crashes", {})
         for item in items:
             image_id = item.row["image_id"]
+            with contextlib.suppress(StylizeError):  # the crash may have cut a write short
+                self.storage.remove_partial(layout.output_key(image_id, self.config.format))
             if crashes.get(image_id, 0) >= self.config.max_retries:
                 item.fail(
                     f"crashed the worker {crashes[image_id]} times; gave up (max_retries={self.config.max_retries})"

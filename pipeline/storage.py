@@ -17,6 +17,7 @@ AWS variables / profiles; nothing here reads them.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import tempfile
@@ -211,6 +212,15 @@ class Storage:
             return None
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+
+    def remove_partial(self, key: str) -> None:
+        """Remove what an interrupted ``put`` of ``key`` left behind (local temp files; object stores leave none)."""
+        if not self.local:
+            return
+        folder, name = os.path.split(self._path(key))
+        for leftover in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name[:100])}{_TMP_MARK}*")):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
 
     def prune(self, prefix: str) -> None:
         """Remove the local folder ``prefix`` if it is empty (object stores have no folders to leave)."""

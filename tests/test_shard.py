@@ -128,6 +128,19 @@ def test_after_a_crash_the_shard_goes_image_by_image_and_gives_up_on_the_culprit
     assert not marker.exists()
 
 
+def test_after_a_crash_half_written_outputs_are_removed(tmp_path: Path) -> None:
+    paths = write_inputs(tmp_path / "in", {"a": encode(photo(seed=1))})
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    leftover = out / "images" / ".a.png.tmp-stylize-x1y2z3"  # what a process killed mid-put leaves
+    leftover.write_bytes(b"half")
+    (out / layout.attempt_key(0)).parent.mkdir(parents=True)
+    (out / layout.attempt_key(0)).write_text(json.dumps({"attempt": 1}))
+    rows, _ = run_shard(tmp_path, list(paths.items()))
+    assert rows[0]["status"] == "ok" and not leftover.exists()
+    assert files_under(out) == {"images/a.png", "metrics/shard-00000.parquet"}
+
+
 def test_style_assignment_modes(tmp_path: Path) -> None:
     ids = [f"p{i}" for i in range(40)]
     one = assign_styles(ids, job_config("m", "o", style="7"))
