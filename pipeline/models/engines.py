@@ -4,8 +4,9 @@ Measured on this project's 2-core CPU (``python -m pipeline.bench_engines``, ``d
 the 26-style network at 1024x683 takes 457 ms in torch fp32, 377 ms with channels-last input and
 331 ms in onnxruntime on the original ``multistyle26.onnx``. bf16 autocast takes 288 ms but moves
 pixels by up to 11 levels (p99 2.6), so it is not an engine here. On a GPU torch is the engine.
-``engine="auto"`` picks onnxruntime for dumoulin on CPU when the package is installed, torch otherwise. The onnxruntime path keeps the
-stylizer contract and the torch module's padding, alpha and mixing: only the network call moves.
+``engine="auto"`` picks onnxruntime for dumoulin on CPU when the package is installed, torch
+otherwise. The onnxruntime path keeps the stylizer contract and the torch module's padding, alpha
+and mixing: only the network call moves.
 """
 
 from __future__ import annotations
