@@ -20,6 +20,7 @@ import io
 import json
 import platform
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from pipeline.models.base import Style
 
+GRAM_CACHE = 64  # style specs whose Gram matrices are kept (dataset generation samples from thousands)
 QUALITY_SIDE = 128  # px, longer side: ~50 ms per photo for output + content on this 2-core CPU
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 CONTENT_LAYER = "relu4_1"
@@ -115,7 +117,7 @@ class QualityScorer:
         self.encoder = encoder.to(memory_format=torch.channels_last)
         self.side = side
         self.device = next(encoder.parameters()).device
-        self._style_grams: dict[str, list[Tensor] | None] = {}
+        self._style_grams: OrderedDict[str, list[Tensor] | None] = OrderedDict()  # the last GRAM_CACHE specs
 
     @classmethod
     def load(cls, source: str | None, device: str | torch.device = "cpu", side: int = QUALITY_SIDE) -> QualityScorer:
@@ -133,7 +135,11 @@ class QualityScorer:
         from pipeline.models.base import normalized_weights
         from pipeline.models.vgg import gram
 
-        if spec not in self._style_grams:
+        if spec in self._style_grams:
+            self._style_grams.move_to_end(spec)
+        else:
+            if len(self._style_grams) >= GRAM_CACHE:
+                self._style_grams.popitem(last=False)
             if any(s.image is None for s in styles):
                 self._style_grams[spec] = None
             else:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from pipeline.storage import Storage, read_source
 from pipeline.styles import assign_styles, parse_style_spec
 
 Row = dict[str, Any]
+STYLE_CACHE = 64  # parsed (and decoded) style specs kept per actor
 WINDOW_PIXELS = 48_000_000  # decoded pixels grouped at once (float32 RGB: ~580 MB); bounds memory on huge photos
 
 
@@ -107,7 +109,8 @@ class ShardWorker:
         self.scorer = QualityScorer.load(config.encoder_weights, device=self.device) if config.metrics else None
         self.storage = Storage(config.output, config.storage_options or None)
         self.pool = ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="stylize-io")
-        self._styles: dict[str, list[Style]] = {}
+        self._styles: OrderedDict[str, list[Style]] = OrderedDict()
+        self._manifest: Any = None  # the open manifest (its footer read once per actor)
         self._group: tuple[int, pa.Table] | None = None  # the last manifest row group read
         self.mixes_styles = bool(getattr(self.model, "per_sample_styles", False))
         self.calls = 0
@@ -124,7 +127,9 @@ class ShardWorker:
         """Rows ``start .. start+count`` of the manifest, only the columns this job reads."""
         from pipeline.plan import open_manifest
 
-        pf = open_manifest(self.config.manifest, self.config.storage_options or None)
+        if self._manifest is None:
+            self._manifest = open_manifest(self.config.manifest, self.config.storage_options or None)
+        pf = self._manifest
         missing = [c for c in self._columns() if c not in pf.schema_arrow.names]
         if missing:
             raise InputError(f"manifest has no column {missing[0]!r}")
@@ -140,8 +145,11 @@ class ShardWorker:
         return pa.concat_tables(pieces) if pieces else pa.table({c: pa.array([], pa.string()) for c in self._columns()})
 
     def styles(self, spec: str) -> list[Style]:
-        """Parse a spec once per process; image parts are read through the job's allowed schemes."""
-        if spec not in self._styles:
+        """Parse a spec once (the last ``STYLE_CACHE`` specs are kept: dataset generation samples from
+        thousands); image parts are read through the job's allowed schemes."""
+        if spec in self._styles:
+            self._styles.move_to_end(spec)
+        else:
             styles = []
             for s in parse_style_spec(spec, load_images=False):
                 if s.index is None and s.label and self.model.style_kind == "image":
@@ -149,6 +157,8 @@ class ShardWorker:
                     s = Style(image=image, weight=s.weight, label=s.label)
                 styles.append(s)
             self._styles[spec] = styles
+            while len(self._styles) > STYLE_CACHE:
+                self._styles.popitem(last=False)
         return self._styles[spec]
 
     def _read(self, uri: str) -> bytes:
