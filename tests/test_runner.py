@@ -169,6 +169,20 @@ def test_an_actor_killed_in_the_middle_of_a_shard_is_restarted_and_the_shard_fin
     assert not (out / "_attempts").exists()
 
 
+@pytest.mark.slow
+def test_the_pool_grows_from_min_actors_while_shards_wait(tmp_path: Path) -> None:
+    paths = write_inputs(tmp_path / "in", {f"g{i:02d}": encode(photo((24, 24), seed=i)) for i in range(32)})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    out = tmp_path / "out"
+    config = job_config(manifest, out, stylizer="test-slow", shard_rows=2, min_actors=1, actors=2, cpus_per_actor=1)
+    summary = runner.run(config)
+    assert summary["ok"] == 32  # 16 shards of 0.4 s each: time for a second actor to start
+    pids = {
+        json.loads(pq.read_schema(p).metadata[b"stylize.shard_summary"])["pid"] for p in (out / "metrics").iterdir()
+    }
+    assert len(pids) == 2  # started with one actor, grew to two
+
+
 def test_a_successful_run_prints_only_the_bar_and_the_summary(tmp_path: Path) -> None:
     paths = write_inputs(tmp_path / "in", {f"q{i}": encode(photo((32, 24), seed=i)) for i in range(5)})
     manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
