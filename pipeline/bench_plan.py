@@ -38,7 +38,7 @@ print(json.dumps(result))
 
 def write_synthetic(path: Path, rows: int, *, footer: bool = True) -> float:
     """A manifest of ``rows`` rows (image_id, uri); returns the seconds it took to write."""
-    from pipeline.plan import Fingerprint, manifest_metadata
+    from pipeline.manifest import Fingerprint, manifest_metadata
 
     t0 = time.perf_counter()
     schema = pa.schema([("image_id", pa.string()), ("uri", pa.string())])

@@ -45,7 +45,6 @@ from fsspec.core import split_protocol
 
 from pipeline.codec import probe
 from pipeline.errors import DecodeError, ManifestError, StorageError
-from pipeline.plan import Fingerprint, manifest_metadata
 from pipeline.storage import ALLOWED_SCHEMES, check_scheme, is_local, key_problem, open_fs, schemes_of
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -65,6 +64,8 @@ PROBE_BYTES = 64 * 1024
 PROBE_RETRY_BYTES = 1024 * 1024  # JPEGs with big EXIF/XMP/ICC blocks put their size marker later
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_SEGMENT = 120
+FINGERPRINT_KEY = b"stylize.fingerprint"
+UNIQUE_IDS_KEY = b"stylize.unique_ids"  # "true" when manifest build checked that no image_id repeats
 _MAX_ID = 600  # leaves room under S3's 1024-byte keys for an output prefix and suffix
 
 
@@ -285,6 +286,32 @@ def build_manifest(
     return stats
 
 
+class Fingerprint:
+    """sha256 over the (image_id, uri) rows, independent of how the rows are chunked."""
+
+    def __init__(self) -> None:
+        self._data = hashlib.sha256()
+        self._lengths = hashlib.sha256()
+
+    def update(self, ids: pa.Array | pa.ChunkedArray, uris: pa.Array | pa.ChunkedArray) -> None:
+        joined = pc.binary_join_element_wise(pc.cast(ids, pa.string()), pc.cast(uris, pa.string()), "\x00")
+        chunks = joined.chunks if isinstance(joined, pa.ChunkedArray) else [joined]
+        for chunk in chunks:
+            if chunk.null_count:
+                chunk = pc.fill_null(chunk, "")
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+            self._lengths.update(np.diff(offsets).astype("<i8").tobytes())
+            self._data.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(self._data.digest() + self._lengths.digest()).hexdigest()
+
+
+def manifest_metadata(table_fingerprint: str, unique_ids: bool) -> dict[bytes, bytes]:
+    """What ``manifest build`` stores in the Parquet footer so planning reads no rows."""
+    return {FINGERPRINT_KEY: table_fingerprint.encode(), UNIQUE_IDS_KEY: b"true" if unique_ids else b"false"}
+
+
 def _fingerprinted(table: pa.Table, fingerprint: Fingerprint, seen: set[str]) -> pa.Table:
     """Feed a written batch to the manifest's fingerprint and duplicate check (stored in its footer)."""
     fingerprint.update(table.column("image_id"), table.column("uri"))
@@ -423,13 +450,22 @@ def from_table(
 # -- read / check --------------------------------------------------------------------------------
 
 
-def read_manifest(path: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """The manifest at ``path`` as a table; raises ``ManifestError`` if unreadable or lacking columns."""
+def open_manifest(path: str, storage_options: dict[str, Any] | None = None) -> pq.ParquetFile:
+    """The manifest at ``path`` opened (its footer read, no rows); ``ManifestError`` if unreadable."""
     fs, fpath = open_fs(path, storage_options)
     try:
-        table = pq.read_table(fpath, filesystem=fs)
+        return pq.ParquetFile(fs.open(fpath, "rb"))
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {path}") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {type(exc).__name__}: {exc}") from None
+
+
+def read_manifest(path: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """The manifest at ``path`` as a table; raises ``ManifestError`` if unreadable or lacking columns."""
+    pf = open_manifest(path, storage_options)
+    try:
+        table = pf.read()
     except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"cannot read manifest {path}: {type(exc).__name__}: {exc}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]

@@ -32,7 +32,7 @@ from torch import Tensor
 from pipeline.models.base import Style
 
 GRAM_CACHE = 64  # style specs whose Gram matrices are kept (dataset generation samples from thousands)
-QUALITY_SIDE = 128  # px, longer side: ~50 ms per photo for output + content on this 2-core CPU
+QUALITY_SIDE = 128  # px, longer side: 0.08 s a photo in a job on the 2-core CPU (docs/benchmarks.md)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 CONTENT_LAYER = "relu4_1"
 
@@ -236,9 +236,9 @@ def shard_file(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> bytes
     return table_bytes(table)
 
 
-def read_shard_summary(fs: Any, path: str) -> dict[str, Any]:
+def read_shard_summary(storage: Any, key: str) -> dict[str, Any]:
     """The footer summary of one shard file (older files without one: computed from the rows)."""
-    with fs.open(path, "rb") as f:
+    with storage.open(key) as f:
         pf = pq.ParquetFile(f)
         meta = pf.schema_arrow.metadata or {}
         if SUMMARY_KEY in meta:

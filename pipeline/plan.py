@@ -6,59 +6,35 @@ manifest rows, recorded in ``_plan.json`` with the manifest's fingerprint, so a 
 same shards and a different manifest is refused.
 
 The fingerprint (sha256 over every ``image_id`` and ``uri``) and the duplicate-id check are
-written into the manifest's own metadata by ``stylize manifest build``; for a manifest made
-elsewhere they are computed here, streaming two columns in batches.
+written into the manifest's footer by ``stylize manifest build`` (``pipeline.manifest``); for a
+manifest made elsewhere they are computed here, streaming two columns in batches.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import layout
 from pipeline.errors import JobError, ManifestError, StorageError
-from pipeline.storage import Storage, open_fs
+from pipeline.manifest import (
+    FINGERPRINT_KEY,
+    UNIQUE_IDS_KEY,
+    Fingerprint,
+    duplicate_ids,
+    open_manifest,
+    validate,
+)
+from pipeline.storage import Storage
 
 DEFAULT_SHARD_ROWS = 256
-FINGERPRINT_KEY = b"stylize.fingerprint"
-UNIQUE_IDS_KEY = b"stylize.unique_ids"  # "true" when manifest build checked that no image_id repeats
 _SHARD_FILE = re.compile(r"shard-(\d+)\.parquet$")
 _BATCH_ROWS = 65_536
-
-
-class Fingerprint:
-    """sha256 over the (image_id, uri) rows, independent of how the rows are chunked."""
-
-    def __init__(self) -> None:
-        self._data = hashlib.sha256()
-        self._lengths = hashlib.sha256()
-
-    def update(self, ids: pa.Array | pa.ChunkedArray, uris: pa.Array | pa.ChunkedArray) -> None:
-        joined = pc.binary_join_element_wise(pc.cast(ids, pa.string()), pc.cast(uris, pa.string()), "\x00")
-        chunks = joined.chunks if isinstance(joined, pa.ChunkedArray) else [joined]
-        for chunk in chunks:
-            if chunk.null_count:
-                chunk = pc.fill_null(chunk, "")
-            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
-            self._lengths.update(np.diff(offsets).astype("<i8").tobytes())
-            self._data.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
-
-    def hexdigest(self) -> str:
-        return hashlib.sha256(self._data.digest() + self._lengths.digest()).hexdigest()
-
-
-def manifest_metadata(table_fingerprint: str, unique_ids: bool) -> dict[bytes, bytes]:
-    """What ``manifest build`` stores in the Parquet footer so planning reads no rows."""
-    return {FINGERPRINT_KEY: table_fingerprint.encode(), UNIQUE_IDS_KEY: b"true" if unique_ids else b"false"}
 
 
 @dataclass
@@ -69,47 +45,16 @@ class ManifestInfo:
     rows: int
     columns: list[str]
     fingerprint: str
-    row_group_rows: list[int] = field(default_factory=list)
 
 
-def open_manifest(path: str, storage_options: dict[str, Any] | None = None) -> pq.ParquetFile:
-    fs, fpath = open_fs(path, storage_options)
-    try:
-        return pq.ParquetFile(fs.open(fpath, "rb"))
-    except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {path}") from None
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ManifestError(f"cannot read manifest {path}: {type(exc).__name__}: {exc}") from None
-
-
-def _check_columns(path: str, schema: pa.Schema) -> None:
-    problems = []
-    for name in ("image_id", "uri"):
-        if name not in schema.names:
-            problems.append(f"missing column {name!r}")
-            continue
-        typ = schema.field(name).type
-        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
-            problems.append(f"column {name!r} must hold strings, got {typ}")
-    if problems:
-        raise ManifestError(f"{path}: " + "; ".join(problems) + f" (columns: {schema.names})")
-
-
-def iter_columns(pf: pq.ParquetFile, columns: list[str], batch_rows: int = _BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    yield from pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True)
-
-
-def _duplicates(pf: pq.ParquetFile, path: str) -> None:
-    ids = pf.read(columns=["image_id"], use_threads=True).column("image_id")
-    if pc.count_distinct(ids, mode="all").as_py() == pf.metadata.num_rows:
+def _check_duplicates(pf: pq.ParquetFile, path: str) -> None:
+    """No image_id repeats (outputs are keyed by it); the fast path counts distinct values only."""
+    ids = pf.read(columns=["image_id"], use_threads=True)
+    if pc.count_distinct(ids.column("image_id"), mode="all").as_py() == pf.metadata.num_rows:
         return
-    counts = pc.value_counts(ids)
-    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    shown = [
-        f"{v!r} ({n} rows)"
-        for v, n in zip(repeated.field("values")[:3].to_pylist(), repeated.field("counts")[:3].to_pylist(), strict=True)
-    ]
-    more = f" (+{len(repeated) - 3} more duplicate ids)" if len(repeated) > 3 else ""
+    dupes = duplicate_ids(ids)
+    shown = [f"{k!r} ({n} rows)" for k, n in sorted(dupes.items())[:3]]
+    more = f" (+{len(dupes) - 3} more duplicate ids)" if len(dupes) > 3 else ""
     raise ManifestError(f"{path}: duplicate image_id " + "; ".join(shown) + more)
 
 
@@ -117,18 +62,19 @@ def inspect_manifest(path: str, storage_options: dict[str, Any] | None = None) -
     """Read the footer; compute the fingerprint and duplicate check only when the footer lacks them."""
     pf = open_manifest(path, storage_options)
     schema = pf.schema_arrow
-    _check_columns(path, schema)
+    problems = validate(schema.empty_table())  # the column checks alone: a bad row only fails that row
+    if problems:
+        raise ManifestError(f"{path}: " + "; ".join(problems) + f" (columns: {schema.names})")
     meta = pf.metadata.metadata or {}
     fingerprint = meta.get(FINGERPRINT_KEY, b"").decode()
     if meta.get(UNIQUE_IDS_KEY) != b"true":
-        _duplicates(pf, path)
+        _check_duplicates(pf, path)
     if not fingerprint:
         fp = Fingerprint()
-        for batch in iter_columns(pf, ["image_id", "uri"]):
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id", "uri"], use_threads=True):
             fp.update(batch.column(0), batch.column(1))
         fingerprint = fp.hexdigest()
-    groups = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-    return ManifestInfo(path, pf.metadata.num_rows, list(schema.names), fingerprint, groups)
+    return ManifestInfo(path, pf.metadata.num_rows, list(schema.names), fingerprint)
 
 
 @dataclass

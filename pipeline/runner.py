@@ -227,7 +227,7 @@ def finish(
         raise JobError(f"shards {missing[:5]} did not commit; rerun the job to finish them")
     for shard in range(plan.shards):
         if shard not in done:
-            done[shard] = metrics.read_shard_summary(storage.fs, storage._path(layout.shard_key(shard)))
+            done[shard] = metrics.read_shard_summary(storage, layout.shard_key(shard))
     storage.prune(layout.ATTEMPTS_PREFIX)
     summaries = [done[s] for s in range(plan.shards)]
     rows = sum(int(s["rows"]) for s in summaries)

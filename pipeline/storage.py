@@ -203,6 +203,15 @@ class Storage:
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
 
+    def open(self, key: str) -> Any:
+        """``key`` as a binary file object for range reads (a Parquet footer without the rows)."""
+        try:
+            return self.fs.open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise StorageError(f"not found: {self.uri(key)}") from None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+
     def read_if_exists(self, key: str) -> bytes | None:
         """``get`` in one storage call, None where there is no object."""
         path = self._path(key)

@@ -40,7 +40,7 @@ def run_shard(tmp_path: Path, rows: list[tuple[str, str]], **overrides) -> tuple
         summary = worker.run(0, 0, len(rows))
     finally:
         worker.close()
-    table = pq.read_table(worker.storage.fs.open(worker.storage._path(layout.shard_key(0)), "rb"))
+    table = pq.read_table(worker.storage.open(layout.shard_key(0)))
     return table.to_pylist(), summary
 
 
