@@ -116,10 +116,14 @@ def bench_models(
 
 def random_init(name: str) -> Stylizer:
     """The named feed-forward family with random weights in its published architecture (speed only)."""
-    from pipeline.models import adain, johnson, sanet, vgg, wct
+    from pipeline.models import adain, animegan, cyclegan, johnson, sanet, vgg, wct
 
     if name == "johnson":
         return johnson.Johnson(johnson.TransformerNet())
+    if name == "cyclegan":  # the published style_* generators' size: 9 blocks at ngf 64
+        return cyclegan.CycleGAN(cyclegan.ResnetGenerator(64, 9))
+    if name == "animegan":
+        return animegan.AnimeGAN(animegan.Generator())
     encoder = vgg.VGGEncoder("vgg19", last="relu5_1" if name == "sanet" else "relu4_1", padding="reflect")
     if name == "adain":
         return adain.AdaIN(encoder, adain.build_decoder())

@@ -279,3 +279,13 @@ def to_array(tensor: torch.Tensor) -> np.ndarray:
     if t.dim() != 3 or t.shape[0] != 3:
         raise InputError(f"to_array wants (3,H,W) or (1,3,H,W), got {tuple(tensor.shape)}")
     return (t.clamp(0, 1).mul(255).add(0.5).to(torch.uint8)).permute(1, 2, 0).numpy()
+
+
+def to_arrays(batch: torch.Tensor) -> np.ndarray:
+    """(B,3,H,W) float in [0,1] -> (B,H,W,3) uint8, the same rounding as ``to_array`` in one pass."""
+    import torch
+
+    if batch.dim() != 4 or batch.shape[1] != 3:
+        raise InputError(f"to_arrays wants (B,3,H,W), got {tuple(batch.shape)}")
+    t = batch.detach().float().cpu()
+    return t.clamp(0, 1).mul(255).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

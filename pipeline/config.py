@@ -23,6 +23,29 @@ _SCHEME = re.compile(r"^[a-z0-9+.-]*$")
 DEFAULT_TILE_PIXELS = 4_000_000  # feed-forward models tile larger images (jobs, `stylize image`, the controls)
 SECRET_KEY = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 
+# the longer side (px) at which strokes are painted: larger photos are stylized at this size and brought back
+# to full size edge-aware (controls.stylize). The feed-forward networks were trained on 256 px crops; measured
+# with ghiasi, the Gram style distance seen whole grows by 7% from a 512 px photo to 640, 13% to 768 and 20%
+# to 1024 (docs/benchmarks.md), so 640 keeps a large photo's look within 10% of a 512 px one's
+DEFAULT_STYLE_SCALE = 640
+STYLE_SCALE_RANGE = (64, 32768)
+STYLE_SCALE_HELP = f"'native' or a longer side of {STYLE_SCALE_RANGE[0]} to {STYLE_SCALE_RANGE[1]} px"
+StyleScale = int | Literal["native"]
+
+
+def parse_style_scale(value: Any) -> StyleScale:
+    """A style scale from a job key, a CLI option or a caller: a number of px (``1024``, ``"1024"``) or
+    ``"native"`` (stylize at the photo's own size: strokes fixed in pixels). ``ConfigError`` otherwise."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text == "native":
+        return "native"
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    lo, hi = STYLE_SCALE_RANGE
+    if isinstance(text, bool) or not isinstance(text, int) or not lo <= text <= hi:
+        raise ConfigError(f"style_scale must be {STYLE_SCALE_HELP}, got {value!r}")
+    return text
+
 
 class JobConfig(BaseModel):
     """Everything a batch job needs; see ``configs/*.yaml`` for worked examples."""
@@ -47,6 +70,11 @@ class JobConfig(BaseModel):
     )
     max_side: int | None = Field(
         None, ge=16, le=32768, description="Downscale so the longer side is at most this many pixels (None: as is)."
+    )
+    style_scale: StyleScale = Field(
+        DEFAULT_STYLE_SCALE,
+        description="Longer side (px) at which strokes are painted; larger photos are stylized at it and "
+        "upsampled edge-aware to full size. native: at the photo's own size (strokes fixed in pixels).",
     )
     encoder_weights: str = Field("auto", description="VGG encoder weight source for models that need one.")
     weights: str | None = Field(None, description="Model checkpoint path/URI (None: the model's default).")
@@ -97,6 +125,18 @@ class JobConfig(BaseModel):
         default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://minio:9000} for S3."
     )
     seed: int = Field(0, ge=0, description="Seed for anything random in the job (sampling, tie-breaks).")
+    # videos (manifest rows with a video extension; pipeline/temporal.py, pipeline/video_job.py)
+    consistency: Literal["flow", "none"] = Field(
+        "flow", description="Videos: blend each frame with the flow-warped previous output (flow) or not (none)."
+    )
+    blend: float = Field(0.5, ge=0.0, lt=1.0, description="Videos: weight of the warped previous output.")
+    segment_frames: int = Field(
+        900, ge=2, description="Videos longer than this are cut into segments of it, run by different actors."
+    )
+    warmup_frames: int = Field(10, ge=0, le=1000, description="Frames stylized (not written) before a segment.")
+    video_codec: str = Field("libx264", description="FFmpeg encoder of video outputs (MP4).")
+    video_crf: int = Field(18, ge=0, le=63, description="Encoder quality of video outputs (lower is better).")
+    video_pix_fmt: str = Field("yuv420p", description="Pixel format of video outputs.")
 
     def __init__(self, **data: Any):
         # direct construction reports like load_config does: one ConfigError line
@@ -123,13 +163,21 @@ class JobConfig(BaseModel):
     @field_validator("style")
     @classmethod
     def _style_spec(cls, v: str) -> str:
-        from pipeline.styles import split_spec  # styles pulls in torch; keep `import pipeline.config` light
+        from pipeline.styles import split_spec
 
         try:
             split_spec(v)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("style_scale", mode="before")
+    @classmethod
+    def _style_scale(cls, v: Any) -> StyleScale:
+        try:
+            return parse_style_scale(v)
+        except ConfigError:
+            raise ValueError(f"must be {STYLE_SCALE_HELP}") from None
 
     @field_validator("format", mode="before")
     @classmethod

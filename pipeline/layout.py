@@ -4,6 +4,8 @@
 OUTPUT/images/<image_id>.<ext>        one per ok row, derived from the image id only
 OUTPUT/metrics/shard-NNNNN.parquet    one per shard: its rows' metrics; written last, the shard's commit marker
 OUTPUT/_attempts/shard-NNNNN.json     while a shard runs: its attempt count (gone after a clean run)
+OUTPUT/videos/<image_id>.mp4          one per ok video row (segments joined, audio copied)
+OUTPUT/_segments/row-NNNNNNNNN/       while a long video is cut: seg-NNNNN.mp4 + .json (its commit marker)
 OUTPUT/_plan.json                     the shard plan and the manifest's fingerprint
 OUTPUT/_SUCCESS                       the run summary, written last
 ```
@@ -14,6 +16,8 @@ from __future__ import annotations
 from pipeline.storage import safe_key
 
 IMAGES_PREFIX = "images"
+VIDEOS_PREFIX = "videos"
+SEGMENTS_PREFIX = "_segments"
 METRICS_PREFIX = "metrics"
 ATTEMPTS_PREFIX = "_attempts"
 PLAN_KEY = "_plan.json"
@@ -34,3 +38,18 @@ def output_key(image_id: str, fmt: str) -> str:
     """``images/<safe id>.<ext>``: derived from the image id only, so reruns overwrite, never duplicate."""
     ext = EXTENSIONS.get(str(fmt).lower(), str(fmt).lower())
     return safe_key(IMAGES_PREFIX, f"{image_id}.{ext}")
+
+
+def video_key(image_id: str) -> str:
+    """``videos/<safe id>.mp4``: like ``output_key``, derived from the id only."""
+    return safe_key(VIDEOS_PREFIX, f"{image_id}.mp4")
+
+
+def segment_prefix(row: int) -> str:
+    """A long video's segments, keyed by manifest row: the driver plans them without reading ids."""
+    return f"{SEGMENTS_PREFIX}/row-{row:09d}/"
+
+
+def segment_key(row: int, segment: int, ext: str) -> str:
+    """``seg-NNNNN.mp4`` (the video), ``.json`` (its commit marker: stats or error), ``.claim`` (in progress)."""
+    return f"{segment_prefix(row)}seg-{segment:05d}.{ext}"

@@ -9,6 +9,16 @@ Schema (``SCHEMA``; ``from_table`` keeps any extra columns after these)::
     height      int32
     mtime       timestamp[us, UTC]   when the filesystem reports it
     etag        string    S3/GCS ETag when the store reports it
+    media_type  string    "image" or "video" (by extension)
+    duration    float64   videos: seconds, from the container header (null for images)
+    fps         float64   videos: frames per second (frame_rate holds it exactly, e.g. "30000/1001")
+    frame_rate  string
+    frames      int64     videos: frame count declared by the header
+    has_audio   bool      videos: whether there is an audio stream
+
+The video columns were added later: manifests without them still work (their videos are then processed
+whole, never cut into segments). ``build_manifest`` also stores ``[row, frames]`` of every probed video
+in the footer (``VIDEOS_KEY``), so planning can cut long videos into segments without reading rows.
 
 ``build_manifest`` streams: it walks the source folder by folder, probes headers in a small
 thread pool and writes a Parquet row group every ``batch_rows`` rows, so memory does not grow
@@ -26,6 +36,7 @@ import contextlib
 import csv
 import gzip
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -45,9 +56,11 @@ from fsspec.core import split_protocol
 
 from pipeline.codec import probe
 from pipeline.errors import DecodeError, ManifestError, StorageError
+from pipeline.media.video import VIDEO_EXTENSIONS, is_video
 from pipeline.storage import ALLOWED_SCHEMES, check_scheme, is_local, key_problem, open_fs, schemes_of
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+MEDIA_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 REQUIRED_COLUMNS = ("image_id", "uri")
 SCHEMA = pa.schema(
     [
@@ -58,6 +71,12 @@ SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("mtime", pa.timestamp("us", tz="UTC")),
         ("etag", pa.string()),
+        ("media_type", pa.string()),
+        ("duration", pa.float64()),
+        ("fps", pa.float64()),
+        ("frame_rate", pa.string()),
+        ("frames", pa.int64()),
+        ("has_audio", pa.bool_()),
     ]
 )
 PROBE_BYTES = 64 * 1024
@@ -65,6 +84,8 @@ PROBE_RETRY_BYTES = 1024 * 1024  # JPEGs with big EXIF/XMP/ICC blocks put their 
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_SEGMENT = 120
 FINGERPRINT_KEY = b"stylize.fingerprint"
+VIDEO_COLUMNS = ("duration", "fps", "frame_rate", "frames", "has_audio")
+VIDEOS_KEY = b"stylize.videos"  # JSON [[row, frames], ...] of the probed videos
 UNIQUE_IDS_KEY = b"stylize.unique_ids"  # "true" when manifest build checked that no image_id repeats
 _MAX_ID = 600  # leaves room under S3's 1024-byte keys for an output prefix and suffix
 
@@ -169,6 +190,29 @@ def _probe_file(fs, path: str, size: int) -> tuple[int, int] | None:
     return None
 
 
+def _probe_video(fs, path: str, local: bool) -> dict[str, Any] | None:
+    """The video columns from the container header (local path, or range reads through fsspec), or None."""
+    from pipeline.media.video import probe_video
+
+    try:
+        if local:
+            info = probe_video(path)
+        else:
+            with fs.open(path, "rb") as f:
+                info = probe_video(f)
+    except (DecodeError, OSError, ValueError):
+        return None
+    return {
+        "width": info.width,
+        "height": info.height,
+        "duration": info.duration,
+        "fps": float(info.rate),
+        "frame_rate": info.frame_rate,
+        "frames": info.frames,
+        "has_audio": info.has_audio,
+    }
+
+
 @contextlib.contextmanager
 def _local_output(out: str, storage_options: dict | None) -> Iterator[str]:
     """A local temp path that becomes ``out`` (any fsspec URI) only if the block succeeds."""
@@ -194,7 +238,7 @@ def build_manifest(
     src: str,
     out: str,
     *,
-    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    extensions: Iterable[str] = MEDIA_EXTENSIONS,
     probe_size: bool = True,
     batch_rows: int = 10_000,
     allowed_schemes: Iterable[str] = ALLOWED_SCHEMES,
@@ -230,10 +274,25 @@ def build_manifest(
     stats = ManifestStats(out=out)
     errors: list[OSError] = []
 
+    videos: list[list[int]] = []  # [row, frames] for the footer
+
     def to_table(batch: list[tuple[str, dict]]) -> pa.Table:
         sizes = [int(info.get("size") or 0) for _, info in batch]
         paths = [path for path, _ in batch]
-        dims = list(pool.map(_probe_file, [fs] * len(batch), paths, sizes)) if probe_size else [None] * len(batch)
+        kinds = ["video" if is_video(p) else "image" for p in paths]
+        image_paths = [p if k == "image" else None for p, k in zip(paths, kinds, strict=True)]
+        probe = lambda p, n: _probe_file(fs, p, n) if p else None  # noqa: E731
+        dims = list(pool.map(probe, image_paths, sizes)) if probe_size else [None] * len(batch)
+        found = [p if k == "video" else None for p, k in zip(paths, kinds, strict=True)]
+        video_cols = [None] * len(batch)
+        if probe_size:
+            video_cols = list(pool.map(lambda p: _probe_video(fs, p, local) if p else None, found))
+        for i, (kind, cols) in enumerate(zip(kinds, video_cols, strict=True)):
+            if cols:
+                dims[i] = (cols["width"], cols["height"])
+                videos.append([stats.rows + i, int(cols["frames"])])
+            elif kind == "video":
+                dims[i] = None
         rel = [path[len(root) + 1 :] for path, _ in batch]
         ids = [make_image_id(r) for r in rel]
         stats.renamed_ids += sum(i != r for i, r in zip(ids, rel, strict=True))
@@ -249,6 +308,8 @@ def build_manifest(
                 "height": [d[1] if d else None for d in dims],
                 "mtime": [_mtime(info) for _, info in batch],
                 "etag": [_etag(info) for _, info in batch],
+                "media_type": kinds,
+                **{k: [c[k] if c else None for c in video_cols] for k in VIDEO_COLUMNS},
             },
             schema=SCHEMA,
         )
@@ -276,7 +337,8 @@ def build_manifest(
                     batch = []
             if batch:
                 writer.write_table(_fingerprinted(to_table(batch), fingerprint, seen))
-            writer.add_key_value_metadata(manifest_metadata(fingerprint.hexdigest(), len(seen) == stats.rows))
+            meta = manifest_metadata(fingerprint.hexdigest(), len(seen) == stats.rows)
+            writer.add_key_value_metadata({**meta, VIDEOS_KEY: json.dumps(videos).encode()})
         if stats.rows == 0:
             raise ManifestError(
                 f"no images under {src}: listed {stats.listed} files, none with {', '.join(sorted(exts))}"

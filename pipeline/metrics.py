@@ -60,6 +60,15 @@ METRICS_SCHEMA = pa.schema(
         ("content_distance", pa.float64()),
         ("colour_distance", pa.float64()),
         ("finished_at", pa.float64()),
+        # videos (null for images): the output's frames, exact rate, seconds, E_warp and fidelity (temporal.py)
+        ("media_type", pa.string()),
+        ("frames", pa.int64()),
+        ("fps", pa.float64()),
+        ("frame_rate", pa.string()),
+        ("duration", pa.float64()),
+        ("ewarp", pa.float64()),
+        ("fidelity", pa.float64()),
+        ("seconds_per_frame", pa.float64()),
     ]
 )
 COLUMNS = tuple(METRICS_SCHEMA.names)

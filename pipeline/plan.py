@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import layout
+from pipeline import layout, segments
 from pipeline.errors import JobError, ManifestError, StorageError
 from pipeline.manifest import (
     FINGERPRINT_KEY,
     UNIQUE_IDS_KEY,
+    VIDEOS_KEY,
     Fingerprint,
     duplicate_ids,
     open_manifest,
     validate,
 )
+from pipeline.segments import Segment, cut
 from pipeline.storage import Storage
 
 DEFAULT_SHARD_ROWS = 256
@@ -45,6 +47,7 @@ class ManifestInfo:
     rows: int
     columns: list[str]
     fingerprint: str
+    videos: list[tuple[int, int]] = field(default_factory=list)  # (row, frames) from the footer
 
 
 def _check_duplicates(pf: pq.ParquetFile, path: str) -> None:
@@ -74,7 +77,11 @@ def inspect_manifest(path: str, storage_options: dict[str, Any] | None = None) -
         for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id", "uri"], use_threads=True):
             fp.update(batch.column(0), batch.column(1))
         fingerprint = fp.hexdigest()
-    return ManifestInfo(path, pf.metadata.num_rows, list(schema.names), fingerprint)
+    try:
+        videos = [(int(r), int(n)) for r, n in json.loads(meta.get(VIDEOS_KEY, b"[]"))]
+    except (ValueError, TypeError):  # a footer written elsewhere: its videos are done whole
+        videos = []
+    return ManifestInfo(path, pf.metadata.num_rows, list(schema.names), fingerprint, videos)
 
 
 @dataclass
@@ -85,6 +92,18 @@ class Plan:
     shard_rows: int
     fingerprint: str
     done: set[int]
+    segment_frames: int = 0  # videos longer than this are cut (pipeline.segments); 0: never
+    videos: list[tuple[int, int]] = field(default_factory=list)
+    segments_done: set[tuple[int, int]] = field(default_factory=set)
+
+    @property
+    def pending_segments(self) -> list[Segment]:
+        """Segments of long videos in shards not yet committed, without a commit marker."""
+        out = []
+        for row, frames in self.videos:
+            if row < self.rows and row // self.shard_rows not in self.done:
+                out += [s for s in cut(row, frames, self.segment_frames) if (row, s.index) not in self.segments_done]
+        return out
 
     @property
     def shards(self) -> int:
@@ -107,6 +126,7 @@ class Plan:
             "rows": self.rows,
             "shard_rows": self.shard_rows,
             "shards": self.shards,
+            "segment_frames": self.segment_frames,
         }
 
 
@@ -119,7 +139,14 @@ def committed_shards(storage: Storage) -> set[int]:
     return done
 
 
-def make_plan(storage: Storage, info: ManifestInfo, shard_rows: int | None = None, *, write: bool = True) -> Plan:
+def make_plan(
+    storage: Storage,
+    info: ManifestInfo,
+    shard_rows: int | None = None,
+    *,
+    write: bool = True,
+    segment_frames: int = 0,
+) -> Plan:
     """This output's plan: reused on rerun (refused if the manifest changed), else cut and recorded."""
     try:
         recorded = json.loads(storage.get(layout.PLAN_KEY)) if storage.exists(layout.PLAN_KEY) else None
@@ -131,11 +158,14 @@ def make_plan(storage: Storage, info: ManifestInfo, shard_rows: int | None = Non
                 f"{storage.uri(layout.PLAN_KEY)} belongs to a run over a different manifest "
                 f"({recorded.get('rows')} rows); use a new output or delete the old one"
             )
-        plan = Plan(info.rows, int(recorded["shard_rows"]), info.fingerprint, set())
+        seg = int(recorded.get("segment_frames", 0))  # fixed once a run starts, like shard_rows
+        plan = Plan(info.rows, int(recorded["shard_rows"]), info.fingerprint, set(), seg, info.videos)
     else:
         rows = max(1, int(shard_rows or DEFAULT_SHARD_ROWS))
-        plan = Plan(info.rows, rows, info.fingerprint, set())
+        plan = Plan(info.rows, rows, info.fingerprint, set(), int(segment_frames or 0), info.videos)
         if write:
             storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
     plan.done = {s for s in committed_shards(storage) if s < plan.shards}
+    if plan.segment_frames and plan.videos:
+        plan.segments_done = segments.committed(segments.listing(storage))
     return plan

@@ -61,7 +61,8 @@ def load(storage: Any) -> tuple[pa.Table, dict[str, Any]]:
 
 _EXPECTED: dict[str, pa.DataType] = {
     **{
-        c: pa.string() for c in ("image_id", "source_uri", "status", "error", "output_uri", "stylizer", "style", "note")
+        c: pa.string()
+        for c in ("image_id", "source_uri", "status", "error", "output_uri", "stylizer", "style", "note", "media_type")
     },
     **{c: pa.int64() for c in ("shard", "row", "width", "height", "out_width", "out_height")},
     **{c: pa.float64() for c in (*TIMING_COLUMNS, *QUALITY_COLUMNS, "finished_at")},
@@ -492,6 +493,13 @@ def render(
     has_time = np.isfinite(finished_all)
     finished = finished_all[has_time]
 
+    # videos get their own section (pipeline.report_video); the contact sheet is of photos
+    is_video = pc.fill_null(pc.equal(ok.column("media_type"), "video"), False)
+    videos, ok_all, ok = ok.filter(is_video), ok, ok.filter(pc.invert(is_video))
+    from pipeline.report_video import MAX_VIDEOS, section
+
+    video_html = section(storage, videos.slice(0, MAX_VIDEOS).to_pylist(), config, videos.num_rows)
+
     # the images: a seeded sample plus the worst by a metric, each row read once
     picked = sample_rows(ok, sample, seed)
     worst_col, worst_idx = worst_rows(ok, worst, worst_by)
@@ -515,7 +523,8 @@ def render(
         else ""
     )
 
-    # numbers and plots
+    # numbers and plots, over every ok row: photos and videos
+    ok = ok_all
     timings = timing_columns(ok)
     timing_stats = [(c, percentiles(_floats(ok, c))) for c in timings]
     quality_stats = [(c, percentiles(_floats(ok, c))) for c in QUALITY_COLUMNS]
@@ -578,8 +587,9 @@ percentiles</small></p></div></div>
 <table class="failures">
 <tr><th>count</th><th>kind</th><th>example image_id</th><th>example reason</th></tr>{kind_rows}
 </table>{more_kinds}
-<h2>Contact sheet</h2><p>original | output: a random sample of {len(picked)} of {ok.num_rows:,} ok images
-(seed {seed})</p>
+{video_html}
+<h2>Contact sheet</h2><p>original | output: a random sample of {len(picked)} of
+{ok.num_rows - videos.num_rows:,} ok images (seed {seed})</p>
 <div class="sheet">{sheet}</div>
 <h2>{worst_title}</h2>{worst_note}
 <div class="sheet">{worst_cells}</div>

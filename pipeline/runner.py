@@ -29,6 +29,7 @@ from pipeline.storage import Storage
 
 Progress = Callable[[dict[str, Any]], None]
 POLL_SECONDS = 0.5
+MIN_SPLIT_ROWS = 16
 
 
 def open_storage(config: JobConfig) -> Storage:
@@ -44,7 +45,19 @@ def plan_job(config: JobConfig, *, write: bool = True) -> tuple[Storage, Plan]:
             from pipeline.errors import ManifestError
 
             raise ManifestError(f"{config.manifest} has no column {column!r} (columns: {', '.join(info.columns)})")
-    return storage, make_plan(storage, info, config.shard_rows, write=write)
+    return storage, make_plan(
+        storage, info, shard_rows_for(config, info.rows), write=write, segment_frames=config.segment_frames
+    )
+
+
+def shard_rows_for(config: JobConfig, rows: int) -> int:
+    """``shard_rows``; unless the user chose it, a job too small to give every actor of an embedded Ray
+    two shards gets smaller ones (at least ``MIN_SPLIT_ROWS``), so all cores work on it: one 256-row
+    shard would leave 60 photos to a single actor. Only a new plan uses this; a rerun keeps its cut."""
+    if "shard_rows" in config.model_fields_set or (os.environ.get("RAY_ADDRESS") and not config.actors):
+        return config.shard_rows
+    workers = config.actors or os.cpu_count() or 1
+    return max(1, min(config.shard_rows, max(MIN_SPLIT_ROWS, -(-rows // (2 * workers)))))
 
 
 def check_can_start(config: JobConfig) -> None:
@@ -118,6 +131,9 @@ def _actor_class() -> Any:
         def run(self, shard: int, start: int, count: int) -> dict[str, Any]:
             return self.worker.run(shard, start, count)
 
+        def run_segment(self, row: int, index: int, start: int, stop: int | None) -> dict[str, Any]:
+            return self.worker.run_segment(row, index, start, stop)
+
         def progress(self) -> tuple[int, int, int]:
             return self.worker.progress
 
@@ -129,14 +145,19 @@ def _execute(config: JobConfig, plan: Plan, state: dict[str, Any], progress: Pro
     from ray.util import ActorPool
 
     actor_cls = _actor_class().options(num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
-    most, threads = pool_size(config, local, len(plan.pending))
+    segments = plan.pending_segments
+    most, threads = pool_size(config, local, len(plan.pending) + len(segments))
     payload = config.model_dump_json()
 
     def spawn() -> Any:
         return actor_cls.remote(payload, threads)
 
-    actors = [spawn() for _ in range(min(config.min_actors or most, most, len(plan.pending)))]
+    actors = [spawn() for _ in range(min(config.min_actors or most, most, len(plan.pending) + len(segments)))]
     pool = ActorPool(actors)
+    # a long video's segments go first: the pool starts tasks in order, so every segment is running or done
+    # before any shard starts, and the shard that holds the video waits for them, then joins (video_job)
+    for seg in segments:
+        pool.submit(lambda a, v: a.run_segment.remote(*v), (seg.row, seg.index, seg.start, seg.stop))
     for shard in plan.pending:
         start, count = plan.shard_range(shard)
         pool.submit(lambda a, v: a.run.remote(*v), (shard, start, count))
@@ -149,7 +170,9 @@ def _execute(config: JobConfig, plan: Plan, state: dict[str, Any], progress: Pro
             summary = None
         except ray.exceptions.RayError as exc:
             raise JobError(f"a shard failed: {str(exc).splitlines()[0][:300]}") from None
-        if summary is not None:
+        if summary is not None and summary.get("segment"):
+            summary = None  # a segment: its video's row is counted when its shard commits
+        elif summary is not None:
             summaries.append(summary)
             state["processed"] += summary["rows"]
             state["committed_failed"] = state.get("committed_failed", 0) + summary["failed"]

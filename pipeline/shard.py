@@ -31,15 +31,16 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from pipeline import layout
+from pipeline import layout, video_job
 from pipeline.batching import Call, plan_calls
-from pipeline.codec import decode_image, encode_image, fit, to_array, to_tensor
+from pipeline.codec import decode_image, encode_image, fit, to_array, to_arrays, to_tensor
 from pipeline.config import JobConfig
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError, StorageError, StylizeError
+from pipeline.media.video import is_video
 from pipeline.metrics import QualityScorer, shard_file, shard_summary
 from pipeline.models.base import Style
-from pipeline.models.controls import resize, stylize
+from pipeline.models.controls import resize, stylize, stylize_each
 from pipeline.raysession import import_plugins
 from pipeline.storage import Storage, read_source
 from pipeline.styles import assign_styles, parse_style_spec
@@ -219,9 +220,10 @@ class ShardWorker:
                 preserve_color=config.preserve_color,
                 masks=_expand_masks(masks, inside, outside),
                 tile_pixels=config.tile_pixels,
+                style_scale=config.style_scale,
             )
         if len({id(s) for s in styles}) > 1:  # a mixed-style call: the family conditions each sample
-            return self.model.forward_each(content, styles, alpha=config.alpha)
+            return stylize_each(self.model, content, styles, alpha=config.alpha, style_scale=config.style_scale)
         return stylize(
             self.model,
             content,
@@ -229,6 +231,7 @@ class ShardWorker:
             alpha=config.alpha,
             preserve_color=config.preserve_color,
             tile_pixels=config.tile_pixels,
+            style_scale=config.style_scale,
         )
 
     @torch.inference_mode()
@@ -249,17 +252,19 @@ class ShardWorker:
         if self.scorer is not None:
             scores = self.scorer.score_batch(out, batch.float(), [it.row["style"] for it in items], styles)
         t2 = time.perf_counter()
+        at_size = to_arrays(out) if all(tuple(it.pixels.shape[-2:]) == size for it in items) else None
         for i, item in enumerate(items):
-            result = resize(out[i : i + 1], tuple(item.pixels.shape[-2:])).cpu()
+            height, width = (int(n) for n in item.pixels.shape[-2:])
+            pixels = at_size[i] if at_size is not None else to_array(resize(out[i : i + 1], (height, width)))
             item.row.update(
-                out_height=int(result.shape[-2]),
-                out_width=int(result.shape[-1]),
+                out_height=height,
+                out_width=width,
                 seconds_stylize=(t1 - t0) / len(items),
                 seconds_metrics=(t2 - t1) / len(items) if scores else None,
                 **(scores[i] if scores else {}),
             )
             item.pixels = item.mask = None
-            item.output = self.pool.submit(self._write, item, to_array(result))
+            item.output = self.pool.submit(self._write, item, pixels)
 
     def _stylize(self, items: list[Item], call: Call) -> None:
         """A call that raises is split until only the culprit fails."""
@@ -329,6 +334,24 @@ class ShardWorker:
                 item.output.result()  # the write is part of what may crash
             self._report(item.row["shard"], items)
 
+    def _videos_carefully(self, items: list[Item], marker: dict[str, Any]) -> None:
+        """After a crash: each video named in the marker before it runs; a repeat culprit fails."""
+        crashes: dict[str, int] = marker.setdefault("crashes", {})
+        for item in items:
+            image_id = item.row["image_id"]
+            if crashes.get(image_id, 0) >= self.config.max_retries:
+                item.fail(
+                    f"crashed the worker {crashes[image_id]} times; gave up (max_retries={self.config.max_retries})"
+                )
+                continue
+            marker["suspect"] = image_id
+            self.storage.put(marker["key"], json.dumps(marker).encode())
+            video_job.process_row(self, item)
+
+    def run_segment(self, row: int, index: int, start: int, stop: int | None) -> dict[str, Any]:
+        """One segment of a long video (a work unit of the plan); see ``pipeline.video_job``."""
+        return video_job.segment_task(self, row, index, start, stop)
+
     # --- the shard -----------------------------------------------------------------------------
 
     def _marker(self, shard: int) -> dict[str, Any] | None:
@@ -352,13 +375,18 @@ class ShardWorker:
         self.calls = self.images_in_calls = 0
         self.progress = (shard, 0, 0)
         items = self._items(shard, start, count)
+        videos = [it for it in items if is_video(it.row["source_uri"])]  # pipeline.video_job, after the photos
+        photos = [it for it in items if not is_video(it.row["source_uri"])] if videos else items
         marker = self._marker(shard)
         if marker is None:
             self.storage.put(layout.attempt_key(shard), json.dumps({"attempt": 1}).encode())
-            self._process(items)
+            self._process(photos)
+            for item in videos:
+                video_job.process_row(self, item)
         else:
             marker["attempt"] = int(marker.get("attempt", 1)) + 1
-            self._process_carefully(items, marker)
+            self._process_carefully(photos, marker)
+            self._videos_carefully(videos, marker)
         for item in items:
             if item.output is not None:
                 try:

@@ -20,6 +20,7 @@ import contextlib
 import glob
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -193,6 +194,39 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"cannot write {self.uri(key)}: {type(exc).__name__}: {exc}") from None
         return self.uri(key)
+
+    def put_file(self, key: str, local_path: str) -> str:
+        """Copy the local file ``local_path`` to ``key`` (streamed, atomic where local); returns ``uri(key)``.
+        For outputs too large to hold in memory, such as videos."""
+        path = self._path(key)
+        try:
+            if self.local:
+                folder, name = os.path.split(path)
+                os.makedirs(folder, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:100]}{_TMP_MARK}")
+                os.close(fd)
+                try:
+                    shutil.copyfile(local_path, tmp)
+                    os.chmod(tmp, 0o666 & ~_UMASK)
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            else:
+                self.fs.put_file(local_path, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        return self.uri(key)
+
+    def get_file(self, key: str, local_path: str) -> None:
+        """Copy ``key`` to the local file ``local_path`` (streamed)."""
+        try:
+            self.fs.get_file(self._path(key), local_path)
+        except FileNotFoundError:
+            raise StorageError(f"not found: {self.uri(key)}") from None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

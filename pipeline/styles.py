@@ -11,11 +11,13 @@ import hashlib
 import random
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.codec import read_image, to_tensor
 from pipeline.errors import ConfigError
-from pipeline.models.base import Style
+
+if TYPE_CHECKING:
+    from pipeline.models.base import Style
 
 _WEIGHT = re.compile(r"^(?P<src>.+?):(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
 
@@ -36,6 +38,8 @@ def split_spec(spec: str) -> list[tuple[str, float]]:
 
 def parse_style_spec(spec: str, *, load_images: bool = True) -> list[Style]:
     """Parse a spec; image parts are read and decoded unless ``load_images`` is False."""
+    from pipeline.models.base import Style  # torch: only here, so JobConfig's spec check stays light
+
     styles = []
     for src, weight in split_spec(spec):
         if src.isdigit():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.codec import decode_image, encode_image, probe, read_image, to_array, to_tensor
+from pipeline.codec import decode_image, encode_image, probe, read_image, to_array, to_arrays, to_tensor
 from pipeline.errors import DecodeError, InputError
 
 
@@ -243,3 +243,11 @@ def test_raised_max_pixels_has_no_pillow_warning_and_still_fails_cleanly():
         with pytest.raises(DecodeError, match="truncated|corrupt"):
             decode_image(data, max_pixels=100_000_000)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_to_arrays_rounds_a_batch_as_to_array_rounds_each_image() -> None:
+    batch = torch.rand(3, 3, 5, 7) * 1.2 - 0.1  # values outside [0,1] clamp the same way
+    arrays = to_arrays(batch)
+    assert arrays.shape == (3, 5, 7, 3) and arrays.dtype == np.uint8
+    for i in range(3):
+        assert np.array_equal(arrays[i], to_array(batch[i]))

@@ -28,6 +28,20 @@ def test_onnxruntime_engine_matches_the_torch_port() -> None:
     assert (each_a[1] - a[1]).abs().max() > 0.01  # the second image really got its own style
 
 
+def test_small_images_run_as_one_batch_with_the_same_pixels() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 24, 40)  # below OnnxNet.BATCH_PIXELS: one call for the batch
+    torch_model = create("dumoulin", device="cpu")
+    ort_model = with_engine(create("dumoulin", device="cpu"), "onnxruntime", threads=1)
+    with torch.inference_mode():
+        batched = ort_model(x, [Style(index=7)])
+        assert ort_model.net._batched is not None
+        one_by_one = torch.cat([ort_model(x[i : i + 1], [Style(index=7)]) for i in range(4)])
+        reference = torch_model(x, [Style(index=7)])
+    assert (batched - one_by_one).abs().max() < 1e-6
+    assert (batched - reference).abs().max() < 1e-3
+
+
 def test_engine_choice() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_engine("auto", "dumoulin", cpu) == "onnxruntime"

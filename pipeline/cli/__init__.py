@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import bench, gallery, image, jobs, manifest, models, report, train
+from pipeline.cli import bench, gallery, image, jobs, manifest, models, report, train, video
 from pipeline.errors import StylizeError
 
 INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE
@@ -54,6 +54,7 @@ def _global_options(
 
 
 app.command("image")(image.image)
+app.command("video")(video.video)
 app.add_typer(models.app, name="models")
 app.add_typer(manifest.app, name="manifest")
 jobs.attach(app)  # run, submit, status, logs, stop, demo
@@ -162,4 +163,20 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    _exit_now_if_ray(code)
+    sys.exit(code)
+
+
+def _exit_now_if_ray(code: int) -> None:
+    """After a command that started or joined Ray, exit without ``ray.shutdown`` and the interpreter's
+    teardown (about 2-3 s on a small machine, a fifth of a small job). Nothing is lost: every output,
+    metrics file and ``_SUCCESS`` was written before the command returned, and an embedded Ray's
+    processes share this process's fate (they stop when it exits). Only the console script does this;
+    ``run`` called in-process (tests, notebooks) returns normally."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

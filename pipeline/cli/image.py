@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.config import DEFAULT_TILE_PIXELS
+from pipeline.config import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, parse_style_scale
 from pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # torch and the models load when the command runs, not for every `stylize` call
@@ -54,32 +54,78 @@ def _masked_styles(
     return styles, masks
 
 
+# options `stylize image` and `stylize video` share (one definition each)
+StylizerOpt = Annotated[str, typer.Option(help="Registered stylizer name (see `stylize models list`).")]
+StyleOpt = Annotated[
+    str | None, typer.Option(help="Style spec: starry.jpg, starry.jpg:0.7,wave.jpg:0.3, 7 or 3:0.5,12:0.5.")
+]
+AlphaOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="Content-style trade-off, 0 to 1.")]
+PreserveColorOpt = Annotated[str, typer.Option("--preserve-color", help="none, luminance or histogram.")]
+MaxSideOpt = Annotated[int | None, typer.Option(min=16, help="Cap the longer side (default: original size).")]
+TilePixelsOpt = Annotated[int, typer.Option(help="Feed-forward models tile images above this many pixels.")]
+EncoderWeightsOpt = Annotated[
+    str, typer.Option(help="VGG weights: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
+]
+WeightsOpt = Annotated[str | None, typer.Option(help="Checkpoint path or URI for the stylizer.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+EngineOpt = Annotated[
+    str, typer.Option(help="auto (onnxruntime for dumoulin on CPU where installed), torch or onnxruntime.")
+]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+
+def default_style(stylizer: str, style: str | None) -> str:
+    """``--style`` or the stylizer's default (style 0 of an index set, nothing for a fixed style);
+    image-conditioned families need one."""
+    from pipeline.models import get_card
+
+    if style is None:
+        kind = get_card(stylizer).style_kind
+        style = "0" if kind == "index" else ("" if kind == "fixed" else None)
+    if style is None:
+        raise ConfigError(f"{stylizer} needs --style (an image path or a mix like a.jpg:0.7,b.jpg:0.3)")
+    return style
+
+
+def load_model(
+    stylizer: str, *, weights: str | None, encoder_weights: str, device: str, engine: str, options: dict[str, int]
+) -> torch.nn.Module:
+    """The stylizer on the resolved device and engine, as `stylize image` and `stylize video` run it."""
+    from pipeline.devices import resolve_device
+    from pipeline.models import create
+    from pipeline.models.engines import resolve_engine, with_engine
+
+    dev = resolve_device(device)
+    chosen = resolve_engine(engine, stylizer, dev, custom_weights=bool(weights))
+    model = create(stylizer, weights=weights, encoder_weights=encoder_weights, device=dev, **options)
+    return with_engine(model, chosen)
+
+
 def image(
     content: Annotated[Path, typer.Argument(help="The photo to stylize.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result (.jpg, .png, .webp).")],
-    stylizer: Annotated[str, typer.Option(help="Registered stylizer name (see `stylize models list`).")] = "dumoulin",
-    style: Annotated[
-        str | None,
-        typer.Option(help="Style spec: starry.jpg, starry.jpg:0.7,wave.jpg:0.3, 7 or 3:0.5,12:0.5."),
-    ] = None,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Content-style trade-off, 0 to 1.")] = 1.0,
-    preserve_color: Annotated[str, typer.Option("--preserve-color", help="none, luminance or histogram.")] = "none",
+    stylizer: StylizerOpt = "dumoulin",
+    style: StyleOpt = None,
+    alpha: AlphaOpt = 1.0,
+    preserve_color: PreserveColorOpt = "none",
     mask: Annotated[list[Path] | None, typer.Option(help="A region mask (white = region); repeat.")] = None,
     mask_style: Annotated[list[str] | None, typer.Option(help="The style for the matching --mask; repeat.")] = None,
-    max_side: Annotated[int | None, typer.Option(min=16, help="Cap the longer side (default: original size).")] = None,
-    tile_pixels: Annotated[
-        int, typer.Option(help="Feed-forward models tile images above this many pixels.")
-    ] = DEFAULT_TILE_PIXELS,
+    max_side: MaxSideOpt = None,
+    tile_pixels: TilePixelsOpt = DEFAULT_TILE_PIXELS,
+    style_scale: Annotated[
+        str,
+        typer.Option(
+            "--style-scale",
+            help="Longer side (px) at which strokes are painted; larger photos are stylized at it and upsampled "
+            "edge-aware. native: at the photo's own size.",
+        ),
+    ] = str(DEFAULT_STYLE_SCALE),
     steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps (gatys).")] = None,
-    encoder_weights: Annotated[
-        str, typer.Option(help="VGG weights: auto, torchvision-vgg19, torchvision-vgg16, hed-vgg16 or a path.")
-    ] = "auto",
-    weights: Annotated[str | None, typer.Option(help="Checkpoint path or URI for the stylizer.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    engine: Annotated[
-        str, typer.Option(help="auto (onnxruntime for dumoulin on CPU where installed), torch or onnxruntime.")
-    ] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    encoder_weights: EncoderWeightsOpt = "auto",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    engine: EngineOpt = "auto",
+    seed: SeedOpt = 0,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")] = 92,
 ) -> None:
     """Stylize one image and write it to --output."""
@@ -87,14 +133,13 @@ def image(
     import torch.nn.functional as F
 
     from pipeline.codec import encode_image, fit, read_image, to_array, to_tensor
-    from pipeline.devices import resolve_device
-    from pipeline.models import controls, create, get_card
+    from pipeline.models import controls, get_card
     from pipeline.models.base import Style
-    from pipeline.models.engines import resolve_engine, with_engine
     from pipeline.styles import parse_style_spec
 
     started = time.perf_counter()
     torch.manual_seed(seed)
+    scale = parse_style_scale(style_scale)
     fmt = output.suffix.lower().lstrip(".")
     if fmt not in ("jpg", "jpeg", "png", "webp"):
         raise ConfigError(f"--output must end in .jpg, .png or .webp, got {output.name!r}")
@@ -105,19 +150,15 @@ def image(
     else:
         if mask_style:
             raise ConfigError("--mask-style needs a matching --mask")
-        if style is None:
-            style = "0" if card.style_kind == "index" else ("" if card.style_kind == "fixed" else None)
-        if style is None:
-            raise ConfigError(f"{stylizer} needs --style (an image path or a mix like a.jpg:0.7,b.jpg:0.3)")
+        style = default_style(stylizer, style)
         styles = parse_style_spec(style) if style else [Style()]
         masks = None
     options: dict[str, int] = {}
     if not card.feed_forward:  # optimisation methods take their schedule from the command line
         options = {"seed": seed, **({"steps": steps} if steps else {})}
-    dev = resolve_device(device)
-    chosen = resolve_engine(engine, stylizer, dev, custom_weights=bool(weights))
-    model = create(stylizer, weights=weights, encoder_weights=encoder_weights, device=dev, **options)
-    model = with_engine(model, chosen)
+    model = load_model(
+        stylizer, weights=weights, encoder_weights=encoder_weights, device=device, engine=engine, options=options
+    )
     # the one max-side fit that batch jobs use too, so both feed the model the same pixels
     pixels = fit(decoded.array, max_side)
     if masks is not None and masks.shape[-2:] != pixels.shape[:2]:
@@ -130,6 +171,7 @@ def image(
         preserve_color=preserve_color,  # type: ignore[arg-type]
         masks=masks,
         tile_pixels=tile_pixels,
+        style_scale=scale,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(encode_image(to_array(out), fmt, quality))

@@ -73,7 +73,7 @@ def build(
             stats = mf.build_manifest(
                 src,
                 out,
-                extensions=[e if e.startswith(".") else f".{e}" for e in ext] if ext else mf.IMAGE_EXTENSIONS,
+                extensions=[e if e.startswith(".") else f".{e}" for e in ext] if ext else mf.MEDIA_EXTENSIONS,
                 probe_size=probe,
                 batch_rows=batch_rows,
                 allowed_schemes=allowed,

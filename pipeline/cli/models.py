@@ -16,6 +16,7 @@ def list_command(
     checkpoints: Annotated[
         str | None, typer.Option(help="Also list trained checkpoints (*.safetensors) under this path or URI prefix.")
     ] = None,
+    sources: Annotated[bool, typer.Option("--sources", help="Also list every published weight source.")] = False,
 ) -> None:
     """Every registered stylizer, its family, and whether its weights are available here."""
     from pipeline.models import list_models
@@ -26,6 +27,13 @@ def list_command(
         table.add_row(card.name, card.family, card.style_kind, "[green]yes[/]" if ok else "[red]no[/]", where)
     console = Console()
     console.print(table)
+    if sources:
+        listed = Table("stylizer", "weight source", "licence", title="weight sources")
+        listed.add_column("where from", overflow="fold")  # URLs: wrap, never cut
+        for card in list_models():
+            for source in card.weight_sources:
+                listed.add_row(card.name, source.name, source.licence, source.where)
+        console.print(listed)
     if checkpoints:
         from pipeline.checkpoints import find_checkpoints
 

@@ -15,7 +15,7 @@ import typer
 
 from pipeline.errors import JobError
 
-app = typer.Typer(help="Train feed-forward stylizers (johnson, adain, sanet).", no_args_is_help=True)
+app = typer.Typer(help="Train feed-forward stylizers (johnson, adain, sanet, cyclegan).", no_args_is_help=True)
 
 ContentManifest = Annotated[
     str, typer.Option("--content-manifest", help="Content images: a Parquet manifest or a text file of URIs.")
@@ -189,6 +189,59 @@ def sanet(
 ) -> None:
     """SANet training (Park & Lee 2019): style-attention modules + decoder with identity losses."""
     _launch(_config_fields(dict(locals()), "sanet"), submit=submit, address=address, wait=wait)
+
+
+@app.command()
+def cyclegan(
+    content_manifest: ContentManifest,
+    style_manifest: Annotated[
+        str, typer.Option(help="The painting collection (domain B): a Parquet manifest or a text file of URIs.")
+    ],
+    output: Output,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    lr: Annotated[float | None, typer.Option(help="Adam lr (paper: 2e-4): constant, then linear decay.")] = None,
+    image_size: ImageSize = 256,
+    resize_to: ResizeTo = None,
+    cycle_weight: Annotated[float | None, typer.Option(help="Cycle-consistency weight lambda (paper: 10).")] = None,
+    identity_weight: Annotated[float | None, typer.Option(help="Identity loss / lambda (paper: 0.5).")] = None,
+    ngf: Annotated[int | None, typer.Option(min=1, help="Generator and discriminator width (paper: 64).")] = None,
+    n_blocks: Annotated[int | None, typer.Option(min=0, help="Residual blocks per generator (paper: 9).")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    checkpoint_every: CheckpointEvery = 1000,
+    log_every: LogEvery = 50,
+    workers: Workers = 1,
+    cpus_per_worker: CpusPerWorker = None,
+    submit: Submit = False,
+    address: Address = None,
+    wait: Wait = False,
+) -> None:
+    """Unpaired CycleGAN training (Zhu et al. 2017): photos -> the style of a painting collection."""
+    _launch(_config_fields(dict(locals()), "cyclegan"), submit=submit, address=address, wait=wait)
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[str, typer.Argument(help="A `stylize train cyclegan` checkpoint (.safetensors).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The .pth to write, e.g. latest_net_G_A.pth.")],
+    generator: Annotated[str, typer.Option(help="A: content -> style (the stylizer), B: style -> content.")] = "A",
+) -> None:
+    """Write one CycleGAN generator in pytorch-CycleGAN-and-pix2pix's own layout (a plain state dict .pth)."""
+    import io
+
+    import torch
+
+    from pipeline.storage import Storage
+    from pipeline.train.cyclegan import export_generator
+
+    state = export_generator(checkpoint, generator)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    folder, _, name = out.rpartition("/")
+    written = Storage(folder or ".").put(name, buf.getvalue())
+    typer.echo(f"wrote {written} ({len(state)} tensors, G_{generator})")
 
 
 def _config_fields(data: dict, stylizer: str) -> dict:

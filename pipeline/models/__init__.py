@@ -1,6 +1,6 @@
 """Stylizer library: importing this registers every family."""
 
-from pipeline.models import adain, dumoulin, gatys, ghiasi, johnson, sanet, wct  # noqa: F401 - registration
+from pipeline.models import adain, animegan, cyclegan, dumoulin, gatys, ghiasi, johnson, sanet, wct  # noqa: F401
 from pipeline.models.base import Style, Stylizer
 from pipeline.models.registry import ModelCard, WeightSource, create, get_card, list_models, register
 

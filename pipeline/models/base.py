@@ -96,6 +96,12 @@ class Stylizer(nn.Module):
     input_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     # smallest side (px) the network can take: below it the deepest padding / pooling has nothing left
     min_px: ClassVar[int] = 1
+    # alpha is a pixel blend with the content (dumoulin, johnson): under a style scale the controls blend
+    # the full-size result with the full-size photo instead of the working-size copy
+    pixel_alpha: ClassVar[bool] = False
+    # the family applies the controls' style scale in its own schedule (gatys: coarse-to-fine), so the
+    # controls pass ``working_side`` through ``forward`` to ``transfer`` instead of resizing around it
+    own_style_scale: ClassVar[bool] = False
 
     def require_min_size(self, x: Tensor, *, what: str) -> None:
         if min(x.shape[-2:]) < self.min_px:
@@ -150,9 +156,17 @@ class Stylizer(nn.Module):
             raise ConfigError(f"{self.name} has one style baked into its weights; it cannot mix {len(styles)} styles")
 
     def forward(
-        self, content: Tensor, styles: list[Style], *, alpha: float = 1.0, masks: Tensor | None = None
+        self,
+        content: Tensor,
+        styles: list[Style],
+        *,
+        alpha: float = 1.0,
+        masks: Tensor | None = None,
+        working_side: int | None = None,
     ) -> Tensor:
-        """Stylize ``content`` (B,3,H,W) in [0,1]; returns (B,3,H,W) in [0,1] at the same size."""
+        """Stylize ``content`` (B,3,H,W) in [0,1]; returns (B,3,H,W) in [0,1] at the same size.
+
+        ``working_side`` reaches ``transfer`` only for ``own_style_scale`` families (the controls set it)."""
         check_images(content)
         self.check_styles(styles)
         if not 0.0 <= alpha <= 1.0:
@@ -162,7 +176,8 @@ class Stylizer(nn.Module):
         padded, (h, w) = pad_to_multiple(content.contiguous(), self.multiple)
         if masks is not None:
             masks, _ = pad_to_multiple(masks.contiguous(), self.multiple)
-        out = self.transfer(padded, styles, alpha=alpha, masks=masks)
+        extra = {"working_side": working_side} if self.own_style_scale else {}
+        out = self.transfer(padded, styles, alpha=alpha, masks=masks, **extra)
         return out[..., :h, :w].clamp(0, 1).contiguous()
 
     # True where ``transfer_each`` conditions every sample exactly (a batch may then mix styles)

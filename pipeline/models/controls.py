@@ -15,6 +15,13 @@ each family's docstring); everything here works on images and so is the same for
   inside the network (features); for the others each style is rendered and composited.
 - ``max_side``: cap the longer side (the output is then that size; ``resize_max_side``);
   default keeps the size.
+- ``style_scale``: the longer side (px) at which strokes are painted, so a 4096 px photo looks as
+  stylized as a 1024 px one. A photo larger than it is stylized at that working size (every style,
+  the native masks and alpha there) and brought back to its own size with ``upsample.guided_upsample``,
+  which takes the detail from the full-size photo; masks then composite, pixel-space alpha blends
+  and colour preservation recombine at full size. Photos at or below it, and ``"native"``, are
+  stylized at their own size (strokes fixed in pixels). Families with ``own_style_scale`` (gatys)
+  get the working side instead and use it in their own coarse-to-fine schedule.
 - ``tile_pixels``: feed-forward families stylize images above this many pixels in
   overlapping tiles, bounding peak memory. Tiles overlap by at least ``TILE_OVERLAP`` px; in
   each overlap the ``TILE_CONTEXT`` px nearest a tile's edge are dropped and the rest is
@@ -33,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.config import DEFAULT_TILE_PIXELS
+from pipeline.config import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, StyleScale, parse_style_scale
 from pipeline.errors import ConfigError, InputError
 from pipeline.models.base import Style, Stylizer, check_images
+from pipeline.models.upsample import guided_upsample
 
 ColorMode = Literal["none", "luminance", "histogram"]
 COLOR_MODES: tuple[str, ...] = ("none", "luminance", "histogram")
@@ -193,6 +201,62 @@ def tiled(
     return out / acc
 
 
+def working_size(size: tuple[int, int], style_scale: StyleScale) -> tuple[int, int] | None:
+    """The (H, W) to stylize an image of ``size`` at: its longer side brought to ``style_scale``, aspect
+    kept (as ``resize_max_side``). ``None`` where the image is stylized as it is: ``"native"``, or no
+    larger than the style scale (small photos are never enlarged for the network)."""
+    h, w = size
+    if style_scale == "native" or max(h, w) <= style_scale:
+        return None
+    scale = style_scale / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _render(
+    model: Stylizer,
+    content: Tensor,
+    styles: list[Style],
+    *,
+    alpha: float,
+    masks: Tensor | None,
+    tile_pixels: int | None,
+    work: tuple[int, int] | None,
+) -> Tensor:
+    """One rendering under the style scale: the network at the working size ``work`` (None: at the
+    content's own size), the result brought back to the content's size edge-aware."""
+    if work is None:
+        return _run(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels)
+    if model.own_style_scale:
+        return model(content, styles, alpha=alpha, masks=masks, working_side=max(work))
+    # a pixel-space alpha mixes in the full-size photo, not its working-size copy (which has lost the detail)
+    blend = model.pixel_alpha and alpha < 1.0
+    small_masks = resize(masks, work) if masks is not None else None
+    small = _run(
+        model, resize(content, work), styles, alpha=1.0 if blend else alpha, masks=small_masks, tile_pixels=tile_pixels
+    )
+    out = guided_upsample(small, content)
+    return alpha * out + (1.0 - alpha) * content if blend else out
+
+
+def stylize_each(
+    model: Stylizer,
+    content: Tensor,
+    styles: list[list[Style]],
+    *,
+    alpha: float = 1.0,
+    style_scale: StyleScale = DEFAULT_STYLE_SCALE,
+) -> Tensor:
+    """``model.forward_each`` (one style list per image of ``content`` (B,3,H,W)) under the style scale, for
+    a batch call that mixes styles; the other controls are ``stylize``'s."""
+    check_images(content)
+    work = working_size(tuple(content.shape[-2:]), parse_style_scale(style_scale))
+    if work is None:
+        return model.forward_each(content, styles, alpha=alpha)
+    blend = model.pixel_alpha and alpha < 1.0
+    out = guided_upsample(model.forward_each(resize(content, work), styles, alpha=1.0 if blend else alpha), content)
+    return alpha * out + (1.0 - alpha) * content if blend else out
+
+
 def _run(
     model: Stylizer,
     content: Tensor,
@@ -218,18 +282,22 @@ def stylize(
     masks: Tensor | None = None,
     max_side: int | None = None,
     tile_pixels: int | None = DEFAULT_TILE_PIXELS,
+    style_scale: StyleScale = DEFAULT_STYLE_SCALE,
 ) -> Tensor:
     """Stylize content ``(B,3,H,W)`` in [0,1] with every control applied; returns ``(B,3,H',W')`` in [0,1].
 
     ``H', W'`` equal ``H, W`` unless ``max_side`` caps them. ``masks`` ``(B|1,K,H,W)`` assigns
-    the K styles to regions (soft masks, normalised per pixel). See the module docstring.
+    the K styles to regions (soft masks, normalised per pixel). ``style_scale``: a longer side in px
+    or ``"native"`` (see the module docstring).
     """
     check_images(content)
     if preserve_color not in COLOR_MODES:
         raise ConfigError(f"preserve_color must be one of {', '.join(COLOR_MODES)}, got {preserve_color!r}")
+    style_scale = parse_style_scale(style_scale)
     model.check_styles(styles)
     device = model.device
     content = resize_max_side(content.to(device), max_side)
+    work = working_size(tuple(content.shape[-2:]), style_scale)
     if masks is not None:
         masks = masks.to(device)
         if max_side and masks.shape[-2:] != content.shape[-2:]:
@@ -255,12 +323,19 @@ def stylize(
         if masks is not None and not model.native_masks:
             out = torch.zeros_like(content)
             for k, style in enumerate(styles):
-                rendered = _run(
-                    model, content, [replace(style, weight=1.0)], alpha=alpha, masks=None, tile_pixels=tile_pixels
+                # each style rendered (at the working size, then full size), composited with the full-size masks
+                rendered = _render(
+                    model,
+                    content,
+                    [replace(style, weight=1.0)],
+                    alpha=alpha,
+                    masks=None,
+                    tile_pixels=tile_pixels,
+                    work=work,
                 )
                 out += masks[:, k : k + 1] * rendered
         else:
-            out = _run(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels)
+            out = _render(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels, work=work)
     out = out.detach()
 
     if preserve_color == "luminance":

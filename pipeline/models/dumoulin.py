@@ -135,6 +135,7 @@ class Dumoulin(Stylizer):
     style_kind = "index"
     multiple = 4
     native_masks = False
+    pixel_alpha = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -18,6 +18,14 @@ content unchanged); masks are composited by ``controls`` (``native_masks = False
 A batch of B contents is optimised together, each image with its own loss (their losses are
 summed, and the images do not interact). Large outputs are done coarse-to-fine: the result
 at half size initialises the next scale (``scales``).
+
+Style scale (``controls.stylize(style_scale=...)``, ``own_style_scale``): for a photo larger than the
+working side, the coarse-to-fine schedule is anchored there (:func:`schedule`): the look is set by the
+working size's pyramid, with the Gram targets of the style as it is at the working size (``style_size``
+then means the style's longer side at the working size); levels doubling in size up to the photo's own
+refine it, each initialised with the edge-aware upsampling of the level below
+(``upsample.guided_upsample``) and its style scaled with it, so strokes keep their size relative to
+the picture. ``native`` (no working side) is the plain pyramid of the full size.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pipeline.models.base import Style, Stylizer, normalized_weights
 from pipeline.models.controls import resize
 from pipeline.models.losses import ContentLoss, GramStyleLoss, TVLoss
 from pipeline.models.registry import ModelCard, register
+from pipeline.models.upsample import guided_upsample
 from pipeline.models.vgg import ENCODER_WEIGHT_SOURCES, VGGEncoder, encoder_availability, load_encoder
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -104,6 +113,19 @@ def pyramid(h: int, w: int, scales: int | None) -> list[tuple[int, int]]:
     return sizes
 
 
+def schedule(h: int, w: int, scales: int | None, working_side: int | None = None) -> list[tuple[int, int]]:
+    """The sizes the optimisation visits, coarsest first, ending at (h, w): ``pyramid(h, w, scales)``, or
+    for an image larger than ``working_side``, the working size's pyramid then levels doubling up to (h, w)."""
+    if not working_side or max(h, w) <= working_side:
+        return pyramid(h, w, scales)
+    sizes = pyramid(*_scaled_size(h, w, working_side), scales)
+    long_side = 2 * working_side
+    while long_side < max(h, w):
+        sizes.append(_scaled_size(h, w, long_side))
+        long_side *= 2
+    return [*sizes, (h, w)]
+
+
 class Gatys(Stylizer):
     """Image-optimisation style transfer; ``encoder.source`` names the VGG weights used."""
 
@@ -113,6 +135,7 @@ class Gatys(Stylizer):
     multiple = 1
     native_masks = False
     feed_forward = False
+    own_style_scale = True
 
     def __init__(self, encoder: VGGEncoder, options: GatysOptions | None = None) -> None:
         super().__init__()
@@ -122,8 +145,17 @@ class Gatys(Stylizer):
         self.options = options or GatysOptions()
         self.tv = TVLoss(reduction="none")
 
-    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
-        """content (B,3,H,W) in [0,1] -> (B,3,H,W) in [0,1]; ``masks`` are ignored (see module doc)."""
+    def transfer(
+        self,
+        content: Tensor,
+        styles: list[Style],
+        *,
+        alpha: float,
+        masks: Tensor | None,
+        working_side: int | None = None,
+    ) -> Tensor:
+        """content (B,3,H,W) in [0,1] -> (B,3,H,W) in [0,1]; ``masks`` are ignored, ``working_side`` is the
+        style scale's (see module doc)."""
         opt = self.options
         if alpha == 0 and opt.init == "content":
             return content.clone()
@@ -133,18 +165,23 @@ class Gatys(Stylizer):
             style_images = [s.image_batch(content.device) for s in styles]
             weights = normalized_weights(styles)
             h, w = content.shape[-2:]
+            # the size at which the style's strokes are set: the working side, or (native) the full size
+            anchor = working_side if working_side and working_side < max(h, w) else max(h, w)
             generator = torch.Generator(device="cpu").manual_seed(opt.seed)
             image: Tensor | None = None
-            for size in pyramid(h, w, opt.scales):
+            for size in schedule(h, w, opt.scales, working_side):
                 target = resize(content, size)
                 if image is None:
                     if opt.init == "content":
                         image = target.clone()
                     else:
                         image = torch.rand(target.shape, generator=generator).to(target.device)
+                elif max(size) > anchor:
+                    # a refinement level: start from the look found below, with the photo's detail at this size
+                    image = guided_upsample(image.detach(), target)
                 else:
                     image = resize(image, size).clamp(0, 1)
-                style_long = round((opt.style_size or max(h, w)) * max(size) / max(h, w))
+                style_long = round((opt.style_size or anchor) * max(size) / anchor)
                 image = self._optimise(image, target, style_images, weights, style_long, alpha)
             assert image is not None
             return image.detach()

@@ -305,12 +305,14 @@ class Ghiasi(Stylizer):
         """(B,3,H,W) in [0,1], any size -> (B,100) style vectors of their centre crops at 256x256."""
         return self.predictor(square_crop_resize(images))
 
+    def _style_vector(self, style: Style, content: Tensor) -> Tensor:
+        """(100,) for one style image, remembered per image (``style_features``): a video's frames, or a
+        job's photos, run the MobileNet predictor on their style once."""
+        return self.style_features(style, self.style_vectors, device=content.device, dtype=content.dtype).mean(0)
+
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
         weights = normalized_weights(styles)
-        vec = sum(
-            w * self.style_vectors(s.image_batch(content.device, content.dtype)).mean(0)
-            for s, w in zip(styles, weights, strict=True)
-        )
+        vec = sum(w * self._style_vector(s, content) for s, w in zip(styles, weights, strict=True))
         vec = vec.expand(content.shape[0], -1)
         if alpha < 1.0:
             vec = alpha * vec + (1.0 - alpha) * self.style_vectors(content)
@@ -322,10 +324,7 @@ class Ghiasi(Stylizer):
         # conditional instance norm takes one style vector per image
         def vector(own: list[Style]) -> Tensor:
             weights = normalized_weights(own)
-            parts = [
-                w * self.style_vectors(s.image_batch(content.device, content.dtype)).mean(0)
-                for s, w in zip(own, weights, strict=True)
-            ]
+            parts = [w * self._style_vector(s, content) for s, w in zip(own, weights, strict=True)]
             return sum(parts[1:], parts[0])
 
         vec = torch.stack([vector(own) for own in styles])

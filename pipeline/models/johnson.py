@@ -118,6 +118,7 @@ class Johnson(Stylizer):
     style_kind = "fixed"
     multiple = 4
     native_masks = False
+    pixel_alpha = True
     # the 9x9 reflection pad needs more than 4 px: inputs of 5+ px pad to 8
     min_px = 5
 

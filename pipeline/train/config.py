@@ -85,6 +85,24 @@ FAMILIES: dict[str, Family] = {
         style_input="style_manifest",
         image_multiple=16,
     ),
+    # Zhu et al. 2017 / pytorch-CycleGAN-and-pix2pix defaults: batch 1, Adam 2e-4 (beta1 0.5 in the task), load 286
+    # then crop 256, lambda 10, identity 0.5, resnet_9blocks at ngf 64. The paper's 200 epochs are ~1.3M steps
+    # for monet2photo's 6,287 photos; the default is shorter. The lr is constant for half the steps, then decays.
+    "cyclegan": Family(
+        defaults={
+            "steps": 200000,
+            "batch_size": 1,
+            "lr": 2e-4,
+            "lr_decay": 0.0,
+            "cycle_weight": 10.0,
+            "identity_weight": 0.5,
+            "ngf": 64,
+            "n_blocks": 9,
+            "resize_factor": 286 / 256,
+        },
+        style_input="style_manifest",
+        image_multiple=4,
+    ),
 }
 
 
@@ -119,6 +137,10 @@ class TrainConfig(BaseModel):
     tv_weight: float | None = Field(default=None, ge=0)
     identity1_weight: float | None = Field(default=None, ge=0)
     identity2_weight: float | None = Field(default=None, ge=0)
+    cycle_weight: float | None = Field(default=None, ge=0)  # cyclegan: lambda of the L1 cycle loss
+    identity_weight: float | None = Field(default=None, ge=0)  # cyclegan: identity loss, as a fraction of lambda
+    ngf: int | None = Field(default=None, ge=1)  # cyclegan: generator (and discriminator) width
+    n_blocks: int | None = Field(default=None, ge=0)  # cyclegan: residual blocks of the generators
     content_layers: list[str] | None = None
     style_layers: list[str] | None = None
     checkpoint_every: int = Field(default=1000, ge=1)

@@ -81,6 +81,7 @@ class ImageSampler:
         cache_images: int = 512,
         allowed_schemes: Sequence[str] = tuple(ALLOWED_SCHEMES),
         name: str = "content",
+        flip: bool = False,
     ) -> None:
         if resize_to < image_size:
             raise ConfigError(f"resize_to ({resize_to}) must be at least image_size ({image_size})")
@@ -94,6 +95,7 @@ class ImageSampler:
         self.cache_images = cache_images
         self.allowed_schemes = tuple(allowed_schemes)
         self.name = name
+        self.flip = flip
         self.bad: set[int] = set()
         self.reasons: list[str] = []
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -146,7 +148,10 @@ class ImageSampler:
                     raise ManifestError(f"no usable image in the {self.name} manifest: all {n} rows failed ({first})")
                 attempt += 1
                 index = int(self._rng(2, i, attempt).integers(len(self.uris)))
-            return random_crop(array, self.image_size, self._rng(1, i))
+            rng = self._rng(1, i)
+            crop = random_crop(array, self.image_size, rng)
+            # drawn after the crop's offsets, so crops without flips are the same as before
+            return crop[:, ::-1] if self.flip and rng.random() < 0.5 else crop
 
     def batch(self, batch_size: int) -> Tensor:
         """(B,3,S,S) float32 in [0,1]."""

@@ -136,7 +136,7 @@ def train_loop(
     task.amp = partial(torch.autocast, device_type=device.type, dtype=dtype) if dtype else nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     net = task.net.to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=task.adam_betas)
     store = CheckpointStore(config.output, config.stylizer)
 
     start = 0
@@ -170,6 +170,7 @@ def train_loop(
             cache_images=config.cache_images,
             allowed_schemes=config.allowed_schemes,
             name=name,
+            flip=task.random_flip,
         )
 
     drawn = start * config.batch_size
@@ -194,7 +195,7 @@ def train_loop(
     t_last = time.perf_counter()
     try:
         for step in range(start + 1, config.steps + 1):
-            lr = config.lr / (1.0 + float(config.lr_decay or 0) * (step - 1))
+            lr = task.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             content, style = prefetch.next()
@@ -252,8 +253,11 @@ def save(
 ) -> str:
     model = unwrap(net)
     losses = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("step", "lr", "seconds")}
-    meta = base_metadata(config, step=step, encoder=task.encoder.source, encoder_arch=task.encoder.arch, losses=losses)
-    meta.update(encoder_metadata(task.encoder))
+    encoder = task.encoder
+    source, arch = (encoder.source, encoder.arch) if encoder is not None else ("none", "none")
+    meta = base_metadata(config, step=step, encoder=source, encoder_arch=arch, losses=losses)
+    if encoder is not None:
+        meta.update(encoder_metadata(encoder))
     meta.update(task.metadata())
     meta["skipped"] = json.dumps(skipped)  # bad manifest rows this worker skipped
     grid = None

@@ -54,5 +54,7 @@ def create(config: TrainConfig, device: torch.device) -> Task:
     from pipeline.models import vgg
 
     cls = get_trainer(config.stylizer)
-    encoder = vgg.load_encoder(config.encoder_weights, last=cls.encoder_last, device=device)
+    encoder = None
+    if cls.needs_encoder:
+        encoder = vgg.load_encoder(config.encoder_weights, last=cls.encoder_last, device=device)
     return cls(config, encoder)

@@ -72,15 +72,24 @@ class Task:
     stylizer: ClassVar[str] = ""
     encoder_last: ClassVar[str] = "relu5_1"
     needs_style_batches: ClassVar[bool] = True
+    # False for families without a VGG loss network (cyclegan): ``encoder`` is then None
+    needs_encoder: ClassVar[bool] = True
+    # training crops are also flipped left-right at random (cyclegan), keyed like the crops
+    random_flip: ClassVar[bool] = False
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     # what ``export`` puts before the network's own keys ("decoder." for adain's published layout)
     export_prefix: ClassVar[str] = ""
 
-    def __init__(self, config: TrainConfig, encoder: nn.Module) -> None:
+    def __init__(self, config: TrainConfig, encoder: nn.Module | None) -> None:
         self.config = config
-        self.encoder = encoder.eval().requires_grad_(False)
-        self.scale = feature_scale(encoder)
+        self.encoder = encoder.eval().requires_grad_(False) if encoder is not None else None
+        self.scale = feature_scale(encoder) if encoder is not None else 1.0
         self.amp: Any = nullcontext
         self.net: nn.Module = nn.Identity()
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step`` (from 1): ``lr / (1 + lr_decay * (step - 1))``, as pytorch-AdaIN decays it."""
+        return float(self.config.lr or 0) / (1.0 + float(self.config.lr_decay or 0) * (step - 1))
 
     def autocast(self) -> AbstractContextManager:
         return self.amp()

@@ -1,0 +1,1 @@
+"""Media other than still images: video decode/encode (``video``) and optical flow (``flow``)."""

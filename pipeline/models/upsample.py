@@ -1,0 +1,124 @@
+"""Edge-aware upsampling: a result computed at a working size, brought to the photo's full size with the
+photo's own full-resolution detail.
+
+The style scale (``controls.stylize(style_scale=...)``) stylizes a large photo at a working size; a plain
+enlargement of that result would be soft. ``guided_upsample`` uses the full-resolution photo as the
+guide, in the manner of the fast guided filter (He & Sun 2015, "Fast Guided Filter"): at the working
+size each output channel ``p`` is modelled, in every ``(2r+1)^2`` window, as a linear function of the
+photo's luminance ``I``, ``p ~ a * I + b`` (``a = cov(I, p) / (var(I) + eps)``, box-averaged). The
+full-size result is then
+
+    q = bicubic(p) + bilinear(a) * (I_full - bicubic(I_low))
+
+``I_low`` being the photo's luminance brought to the working size with the package's one resize, as the
+network saw it. ``I_full - bicubic(I_low)`` is the detail the photo lost at the working size; it comes
+back scaled by how strongly the stylized output follows the photo locally. Where the output follows the
+photo's edges (``a`` large) those edges come back at full sharpness; where the painting's strokes ignore
+the photo (``a ~ 0``) the strokes are enlarged as they are (bicubic, not box-blurred as a plain guided
+filter would do). The enlargements are bicubic, not the package's bilinear ``resize`` (a downscaling filter; bilinear
+enlargement is visibly softer), and ``p`` and ``I_low`` use the same one so that where ``p`` follows
+the photo linearly, ``q = a * I_full + b`` exactly; the coefficients ``a`` are enlarged bilinearly (no
+overshoot). With equal sizes the detail term is zero and ``p`` comes back unchanged.
+
+Tensor contract: ``low`` ``(B,C,h,w)`` float in [0,1]; ``guide`` ``(B,3,H,W)`` RGB or ``(B,1,H,W)`` grey,
+float in [0,1], with ``H >= h`` and ``W >= w``; returns ``(B,C,H,W)`` in [0,1] on ``low``'s device and
+dtype. The full-size work is done in bands of rows of at most ``band_pixels`` pixels, so the
+temporaries stay bounded whatever the photo's size (only the output itself is full size).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.errors import InputError
+
+# window radius at the working size and the regulariser (luminance units squared): a 5x5 window and
+# eps = 1e-4 (a local luminance std of 0.01) keep the photo's fine texture; see docs/benchmarks.md
+RADIUS = 2
+EPS = 1e-4
+BAND_PIXELS = 1 << 22  # 4 MP per band of full-size rows
+
+
+def _box(x: Tensor, r: int) -> Tensor:
+    """Mean over the (2r+1)^2 window around each pixel; windows are cut at the border (no padding values)."""
+    return F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+
+
+def _rows(x: Tensor, out_h: int, y0: int, y1: int) -> Tensor:
+    """Rows ``y0:y1`` of ``x`` (B,C,h,w) resized to ``out_h`` rows, bilinear with ``align_corners=False``:
+    the same values as the corresponding rows of ``F.interpolate(x, (out_h, w), mode="bilinear")``."""
+    h = x.shape[-2]
+    y = torch.arange(y0, y1, device=x.device, dtype=torch.float64)
+    src = ((y + 0.5) * (h / out_h) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(h - 1)
+    i1 = (i0 + 1).clamp_max(h - 1)
+    frac = (src - i0).to(x.dtype)[:, None]
+    return x[..., i0, :] * (1 - frac) + x[..., i1, :] * frac
+
+
+def _cubic_rows(x: Tensor, out_h: int, y0: int, y1: int) -> Tensor:
+    """As ``_rows`` for ``F.interpolate(mode="bicubic", align_corners=False)``: Keys' cubic, A = -0.75,
+    source indices clamped at the border, as torch does."""
+    h = x.shape[-2]
+    y = torch.arange(y0, y1, device=x.device, dtype=torch.float64)
+    src = (y + 0.5) * (h / out_h) - 0.5
+    base = src.floor()
+    t = (src - base)[:, None]
+    a = -0.75
+    far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # noqa: E731 - |d| in [1, 2]
+    near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # noqa: E731 - |d| in [0, 1]
+    weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
+    out = torch.zeros(*x.shape[:-2], y1 - y0, x.shape[-1], device=x.device, dtype=x.dtype)
+    for k, wk in enumerate(weights):
+        idx = (base.long() + k - 1).clamp(0, h - 1)
+        out += x[..., idx, :] * wk.to(x.dtype)
+    return out
+
+
+def _band_up(x: Tensor, size: tuple[int, int], y0: int, y1: int, mode: str = "bilinear") -> Tensor:
+    """Rows ``y0:y1`` of ``x`` enlarged to ``size`` (H, W), bilinear or bicubic (at scale 1 in H the
+    column pass leaves the rows as they are)."""
+    rows = (_cubic_rows if mode == "bicubic" else _rows)(x, size[0], y0, y1)
+    return F.interpolate(rows, size=(y1 - y0, size[1]), mode=mode, align_corners=False)
+
+
+def _grey(x: Tensor) -> Tensor:
+    if x.shape[1] == 1:
+        return x
+    # BT.601 luma, as controls.luminance (importing controls here would be circular)
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
+
+
+def guided_upsample(
+    low: Tensor, guide: Tensor, *, radius: int = RADIUS, eps: float = EPS, band_pixels: int = BAND_PIXELS
+) -> Tensor:
+    """``low`` (B,C,h,w) brought to ``guide``'s (H, W) with the guide's full-resolution detail (module doc)."""
+    if low.dim() != 4 or guide.dim() != 4 or guide.shape[1] not in (1, 3) or guide.shape[0] != low.shape[0]:
+        shapes = f"{tuple(low.shape)} and {tuple(guide.shape)}"
+        raise InputError(f"guided_upsample wants (B,C,h,w) and a (B,1|3,H,W) guide of the same B, got {shapes}")
+    (h, w), (big_h, big_w) = low.shape[-2:], guide.shape[-2:]
+    if big_h < h or big_w < w:
+        raise InputError(f"guided_upsample enlarges: the guide {big_w}x{big_h} is smaller than {w}x{h}")
+    if (h, w) == (big_h, big_w):
+        return low
+    guide_y = _grey(guide.to(low))
+    # the photo at the working size, with the package's one resize, as the network saw it
+    from pipeline.models.controls import resize
+
+    small_y = resize(guide_y, (h, w))
+    mean_i, mean_p = _box(small_y, radius), _box(low, radius)
+    cov = _box(small_y * low, radius) - mean_i * mean_p
+    var = _box(small_y * small_y, radius) - mean_i * mean_i
+    a = _box(cov / (var.clamp_min(0) + eps), radius)
+
+    out = torch.empty(low.shape[0], low.shape[1], big_h, big_w, device=low.device, dtype=low.dtype)
+    band = max(1, band_pixels // big_w)
+    for y0 in range(0, big_h, band):
+        y1 = min(y0 + band, big_h)
+        detail = guide_y[..., y0:y1, :] - _band_up(small_y, (big_h, big_w), y0, y1, "bicubic")
+        strokes = _band_up(low, (big_h, big_w), y0, y1, "bicubic")
+        out[..., y0:y1, :] = strokes + _band_up(a, (big_h, big_w), y0, y1) * detail
+    return out.clamp_(0, 1)
