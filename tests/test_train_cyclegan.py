@@ -91,7 +91,7 @@ def test_training_lowers_the_cycle_loss_and_skips_bad_rows(trained: dict) -> Non
     assert [int(r["step"]) for r in rows] == list(range(1, 121))
     assert {"gan", "cycle", "identity", "D", "total", "lr"} <= set(rows[0])
     early, late = window_means([r["cycle"] for r in rows], 20)
-    assert late < 0.7 * early, (early, late)
+    assert late < 0.75 * early, (early, late)  # measured: 0.61 of the first window (seeds 0-2: 0.61-0.65)
     summary = trained["summary"]
     assert summary["skipped_content"] == 1 and summary["skipped_style"] == 1
     # the paper's schedule: constant for half the steps, then linear towards zero

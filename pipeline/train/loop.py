@@ -7,7 +7,8 @@ the forward passes run under ``torch.autocast`` (bf16 where supported, else fp16
 ``GradScaler``); the losses are computed in float32. On CPU everything is float32.
 
 Training data is drawn by counter (``data.ImageSampler``) and the model is seeded, so a run killed
-and resumed at step ``s`` ends with the same weights and optimizer state as one never interrupted.
+and resumed at step ``s`` ends with the same weights and optimizer state as one never interrupted
+(cyclegan's image pool of past fakes excepted: it restarts empty).
 Progress leaves through two callbacks, ``on_step`` (every step) and ``note`` (one-off lines); this
 module never prints.
 """
