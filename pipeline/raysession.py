@@ -8,6 +8,7 @@ never to the user's terminal.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -84,4 +85,51 @@ def ensure_ray(address: str | None = None) -> bool:
             _node_ip_address="127.0.0.1",
             **common,
         )
+        _Embedded.started = True
     return True
+
+
+class _Embedded:
+    started = False  # this process started an embedded Ray (its GCS and raylet are our children)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (Linux); empty where /proc is not there."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def exit_now(code: int) -> None:
+    """End this process at once, with the Ray it started: ``ray.shutdown`` waits for each process to
+    stop gracefully (about 2 s here, a fifth of a small job). Call only once every output is written.
+
+    An embedded Ray's processes (GCS, raylet, and the raylet's agents and workers) are this process's
+    descendants and are killed outright: left to notice their parent's death, the raylet's agents
+    linger for minutes. A driver connected to a cluster just leaves; without /proc (not Linux) this
+    falls back to ``ray.shutdown``.
+    """
+    import signal
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _Embedded.started and Path("/proc/self").exists():
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(OSError):  # already gone
+                os.kill(pid, signal.SIGKILL)
+    elif _Embedded.started:
+        import ray
+
+        ray.shutdown()
+    os._exit(code)

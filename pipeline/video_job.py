@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.codec import fit
+from pipeline.config import DEFAULT_STYLE_SCALE
 from pipeline.media.video import DEFAULT_MAX_PIXELS, EncodeOptions, VideoInfo, VideoReader, VideoWriter, even_size
 from pipeline.temporal import BLEND, WARMUP, FrameStylizer, Stats, Temporal
 
@@ -58,12 +59,14 @@ def frame_stylizer(
     alpha: float = 1.0,
     preserve_color: str = "none",
     tile_pixels: int | None = None,
+    style_scale: int | str = DEFAULT_STYLE_SCALE,
 ) -> FrameStylizer:
     """Frames -> per-frame stylizations through ``controls.stylize`` in one call per batch.
 
     ``styles`` is parsed (and its images decoded) once by the caller and the same ``Style`` objects go
     into every call, so families that encode a style image (adain, sanet, wct, ghiasi) encode it once
-    per video (``Stylizer.style_features`` is keyed on the image tensor).
+    per video (``Stylizer.style_features`` is keyed on the image tensor). ``style_scale`` applies to each
+    frame as to a photo, so a 4K video keeps the painted look of a small one.
     """
     import torch
 
@@ -79,6 +82,7 @@ def frame_stylizer(
                 alpha=alpha,
                 preserve_color=preserve_color,  # type: ignore[arg-type]
                 tile_pixels=tile_pixels,
+                style_scale=style_scale,
             )
         return list(out.float().permute(0, 2, 3, 1).cpu().numpy())
 
@@ -247,6 +251,7 @@ def _stylizer(worker: Any, spec: str) -> FrameStylizer:
         alpha=config.alpha,
         preserve_color=config.preserve_color,
         tile_pixels=config.tile_pixels,
+        style_scale=config.style_scale,
     )
 
 

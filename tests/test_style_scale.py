@@ -296,3 +296,24 @@ def test_the_job_key_reaches_the_batch_worker(tmp_path: Path) -> None:
         periods[scale] = measured_period(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     assert periods["native"] == pytest.approx(PERIOD, rel=0.03)
     assert periods[640] == pytest.approx(2 * PERIOD, rel=0.03)
+
+
+def test_video_frames_use_the_style_scale() -> None:
+    from pipeline.video_job import frame_stylizer
+
+    frame = (smooth_photo(1024)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    model = Stripes()
+    by_default = frame_stylizer(model, [Style(index=0)])([frame])[0]
+    native = frame_stylizer(model, [Style(index=0)], style_scale="native")([frame])[0]
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]  # noqa: E731
+    assert measured_period(as_tensor(native)) == pytest.approx(PERIOD, rel=0.05)
+    assert measured_period(as_tensor(by_default)) == pytest.approx(PERIOD * 1024 / DEFAULT_STYLE_SCALE, rel=0.05)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 4])
+def test_the_box_mean_cuts_windows_at_the_border_as_avg_pool_does(radius: int) -> None:
+    from pipeline.models.upsample import _box
+
+    x = torch.rand(2, 3, 19, 23)
+    reference = F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    assert (_box(x, radius) - reference).abs().max() < 1e-6

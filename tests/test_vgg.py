@@ -300,3 +300,10 @@ def test_hed_layer_means_match_the_weights():
             sums[k] += float(feats[k].mean()) / len(SKIMAGE_PHOTOS)
     for k, v in want.items():
         assert abs(sums[k] / v - 1) < 0.05, f"{k}: measured {sums[k]:.3f}, table {v}"
+
+
+def test_the_written_out_download_urls_are_torchvisions() -> None:
+    from pipeline.models.vgg import TORCHVISION_FILES, TORCHVISION_URL
+
+    assert torchvision.models.VGG19_Weights.IMAGENET1K_V1.url == TORCHVISION_URL + TORCHVISION_FILES["vgg19"]
+    assert torchvision.models.VGG16_Weights.IMAGENET1K_V1.url == TORCHVISION_URL + TORCHVISION_FILES["vgg16"]

@@ -169,14 +169,13 @@ def main() -> None:
 
 
 def _exit_now_if_ray(code: int) -> None:
-    """After a command that started or joined Ray, exit without ``ray.shutdown`` and the interpreter's
-    teardown (about 2-3 s on a small machine, a fifth of a small job). Nothing is lost: every output,
-    metrics file and ``_SUCCESS`` was written before the command returned, and an embedded Ray's
-    processes share this process's fate (they stop when it exits). Only the console script does this;
-    ``run`` called in-process (tests, notebooks) returns normally."""
+    """After a command that started or joined Ray, exit without ``ray.shutdown``'s waits and the
+    interpreter's teardown (``raysession.exit_now``): every output, metrics file and ``_SUCCESS`` was
+    written before the command returned. Only the console script does this; ``run`` called in-process
+    (tests, notebooks) returns normally."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    from pipeline.raysession import exit_now
+
+    exit_now(code)

@@ -72,6 +72,14 @@ EngineOpt = Annotated[
     str, typer.Option(help="auto (onnxruntime for dumoulin on CPU where installed), torch or onnxruntime.")
 ]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+StyleScaleOpt = Annotated[
+    str,
+    typer.Option(
+        "--style-scale",
+        help="Longer side (px) at which strokes are painted; larger pictures are stylized at it and upsampled "
+        "edge-aware. native: at the picture's own size.",
+    ),
+]
 
 
 def default_style(stylizer: str, style: str | None) -> str:
@@ -112,14 +120,7 @@ def image(
     mask_style: Annotated[list[str] | None, typer.Option(help="The style for the matching --mask; repeat.")] = None,
     max_side: MaxSideOpt = None,
     tile_pixels: TilePixelsOpt = DEFAULT_TILE_PIXELS,
-    style_scale: Annotated[
-        str,
-        typer.Option(
-            "--style-scale",
-            help="Longer side (px) at which strokes are painted; larger photos are stylized at it and upsampled "
-            "edge-aware. native: at the photo's own size.",
-        ),
-    ] = str(DEFAULT_STYLE_SCALE),
+    style_scale: StyleScaleOpt = str(DEFAULT_STYLE_SCALE),
     steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps (gatys).")] = None,
     encoder_weights: EncoderWeightsOpt = "auto",
     weights: WeightsOpt = None,

