@@ -314,18 +314,11 @@ class ShardWorker:
 
     def _process_carefully(self, items: list[Item], marker: dict[str, Any]) -> None:
         """After a crash: one image at a time, each named in the marker before it is touched."""
-        crashes: dict[str, int] = marker.setdefault("crashes", {})
         for item in items:
-            image_id = item.row["image_id"]
             with contextlib.suppress(StylizeError):  # the crash may have cut a write short
-                self.storage.remove_partial(layout.output_key(image_id, self.config.format))
-            if crashes.get(image_id, 0) >= self.config.max_retries:
-                item.fail(
-                    f"crashed the worker {crashes[image_id]} times; gave up (max_retries={self.config.max_retries})"
-                )
+                self.storage.remove_partial(layout.output_key(item.row["image_id"], self.config.format))
+            if not self._suspect(item, marker):
                 continue
-            marker["suspect"] = image_id
-            self.storage.put(marker["key"], json.dumps(marker).encode())
             self.decode(item)
             if item.ok:
                 h, w = item.pixels.shape[-2:]
@@ -336,17 +329,21 @@ class ShardWorker:
 
     def _videos_carefully(self, items: list[Item], marker: dict[str, Any]) -> None:
         """After a crash: each video named in the marker before it runs; a repeat culprit fails."""
-        crashes: dict[str, int] = marker.setdefault("crashes", {})
         for item in items:
-            image_id = item.row["image_id"]
-            if crashes.get(image_id, 0) >= self.config.max_retries:
-                item.fail(
-                    f"crashed the worker {crashes[image_id]} times; gave up (max_retries={self.config.max_retries})"
-                )
-                continue
-            marker["suspect"] = image_id
-            self.storage.put(marker["key"], json.dumps(marker).encode())
-            video_job.process_row(self, item)
+            if self._suspect(item, marker):
+                video_job.process_row(self, item)
+
+    def _suspect(self, item: Item, marker: dict[str, Any]) -> bool:
+        """Name ``item`` in the shard's marker before it is touched (True), or fail it (False) once it has
+        crashed the worker ``max_retries`` times."""
+        image_id = item.row["image_id"]
+        crashes = marker.setdefault("crashes", {}).get(image_id, 0)
+        if crashes >= self.config.max_retries:
+            item.fail(f"crashed the worker {crashes} times; gave up (max_retries={self.config.max_retries})")
+            return False
+        marker["suspect"] = image_id
+        self.storage.put(marker["key"], json.dumps(marker).encode())
+        return True
 
     def run_segment(self, row: int, index: int, start: int, stop: int | None) -> dict[str, Any]:
         """One segment of a long video (a work unit of the plan); see ``pipeline.video_job``."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import WeightsError
-from pipeline.models.base import Style, Stylizer
+from pipeline.models.gan import GeneratorStylizer
 from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict, read_metadata, split_sha256
 
@@ -110,29 +110,13 @@ class Generator(nn.Module):
         return self.out_layer(out)
 
 
-class AnimeGAN(Stylizer):
+class AnimeGAN(GeneratorStylizer):
     """Fixed-style generator: content (B,3,H,W) in [0,1] -> (B,3,H,W) in [0,1]; the style is in the weights.
 
     ``2x - 1`` in, ``(y + 1) / 2`` out; ``alpha`` blends with the photo in pixel space. Takes ``[Style()]``.
     """
 
     name = "animegan"
-    family = "gan"
-    style_kind = "fixed"
-    multiple = 4
-    native_masks = False
-    pixel_alpha = True  # alpha blends the output with the photo in pixel space
-    # reflection pad 1 at quarter resolution needs 2 px: 8 px after padding to a multiple of 4
-    min_px = 5
-
-    def __init__(self, net: Generator) -> None:
-        super().__init__()
-        self.net = net
-
-    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
-        self.require_min_size(content, what="content")
-        stylized = (self.net(content * 2 - 1) + 1) / 2
-        return alpha * stylized + (1.0 - alpha) * content
 
 
 def _flag(value: str) -> bool:

@@ -33,6 +33,7 @@ each family's docstring); everything here works on images and so is the same for
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
@@ -228,13 +229,23 @@ def _render(
         return _run(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels)
     if model.own_style_scale:
         return model(content, styles, alpha=alpha, masks=masks, working_side=max(work))
-    # a pixel-space alpha mixes in the full-size photo, not its working-size copy (which has lost the detail)
-    blend = model.pixel_alpha and alpha < 1.0
     small_masks = resize(masks, work) if masks is not None else None
-    small = _run(
-        model, resize(content, work), styles, alpha=1.0 if blend else alpha, masks=small_masks, tile_pixels=tile_pixels
+    return _upsampled(
+        model,
+        content,
+        work,
+        alpha,
+        lambda small, a: _run(model, small, styles, alpha=a, masks=small_masks, tile_pixels=tile_pixels),
     )
-    out = guided_upsample(small, content)
+
+
+def _upsampled(
+    model: Stylizer, content: Tensor, work: tuple[int, int], alpha: float, network: Callable[[Tensor, float], Tensor]
+) -> Tensor:
+    """``network(content at the working size, alpha)``, brought back to ``content``'s size edge-aware. A
+    pixel-space alpha mixes in the full-size photo, not its working-size copy (which has lost the detail)."""
+    blend = model.pixel_alpha and alpha < 1.0
+    out = guided_upsample(network(resize(content, work), 1.0 if blend else alpha), content)
     return alpha * out + (1.0 - alpha) * content if blend else out
 
 
@@ -252,9 +263,7 @@ def stylize_each(
     work = working_size(tuple(content.shape[-2:]), parse_style_scale(style_scale))
     if work is None:
         return model.forward_each(content, styles, alpha=alpha)
-    blend = model.pixel_alpha and alpha < 1.0
-    out = guided_upsample(model.forward_each(resize(content, work), styles, alpha=1.0 if blend else alpha), content)
-    return alpha * out + (1.0 - alpha) * content if blend else out
+    return _upsampled(model, content, work, alpha, lambda small, a: model.forward_each(small, styles, alpha=a))
 
 
 def _run(

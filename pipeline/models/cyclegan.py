@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.errors import WeightsError
-from pipeline.models.base import Style, Stylizer
+from pipeline.models.gan import GeneratorStylizer
 from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict, split_sha256
 
@@ -128,7 +128,7 @@ def build_generator(state: dict[str, Tensor], what: str) -> ResnetGenerator:
     return net
 
 
-class CycleGAN(Stylizer):
+class CycleGAN(GeneratorStylizer):
     """Fixed-style generator: content (B,3,H,W) in [0,1] -> (B,3,H,W) in [0,1]; the style is in the weights.
 
     The network sees ``2x - 1`` and its tanh output is mapped back with ``(y + 1) / 2``. ``alpha`` blends
@@ -136,22 +136,6 @@ class CycleGAN(Stylizer):
     """
 
     name = "cyclegan"
-    family = "gan"
-    style_kind = "fixed"
-    multiple = 4
-    native_masks = False
-    pixel_alpha = True  # alpha blends the output with the photo in pixel space
-    # the blocks' reflection pad needs 2 px at quarter resolution: 8 px after padding to a multiple of 4
-    min_px = 5
-
-    def __init__(self, net: ResnetGenerator) -> None:
-        super().__init__()
-        self.net = net
-
-    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
-        self.require_min_size(content, what="content")
-        stylized = (self.net(content * 2 - 1) + 1) / 2
-        return alpha * stylized + (1.0 - alpha) * content
 
 
 def create_cyclegan(
