@@ -86,6 +86,7 @@ def start_row(image_id: str, uri: str, shard: int, row: int, style: str, stylize
         "error": "",
         "output_uri": "",
         "note": "",
+        "media_type": "image",  # a video row becomes "video" in pipeline.video_job
     }
 
 

@@ -112,7 +112,7 @@ def test_a_shard_with_photos_long_and_bad_videos(folder: Path, tmp_path: Path) -
     got = rows_of(out)
     assert summary["rows"] == len(got) == info.rows == 4 + len(bad)
     for name in ("a.png", "b.png"):
-        assert got[name]["status"] == "ok" and got[name]["media_type"] is None
+        assert got[name]["status"] == "ok" and got[name]["media_type"] == "image"
     for name, frames in (("long.mp4", N), ("short.mov", 10)):
         r = got[name]
         assert r["status"] == "ok", r["error"]
