@@ -246,7 +246,7 @@ def test_cli_build_and_inspect(archive, tmp_path):
     out = tmp_path / "cli.parquet"
     res = runner.invoke(app, ["build", str(archive), "--out", str(out), "--batch-rows", "7"])
     assert res.exit_code == 0, res.output
-    assert "52 images" in res.output and "listed 54" in res.output
+    assert "52 rows" in res.output and "listed 54" in res.output
     assert m.read_manifest(str(out)).num_rows == 52
     res = runner.invoke(app, ["inspect", str(out)])
     assert res.exit_code == 0 and "52" in res.output and ".webp 16" in res.output
@@ -256,7 +256,7 @@ def test_cli_build_and_inspect(archive, tmp_path):
     lst = tmp_path / "l.csv"
     lst.write_text("uri\n/x/a.jpg\nmemory://x.jpg\n")
     res = runner.invoke(app, ["build", "--from-table", str(lst), "--out", str(tmp_path / "t.parquet")])
-    assert res.exit_code == 0 and "2 images" in res.output and "'memory' not allowed" in res.output
+    assert res.exit_code == 0 and "2 rows" in res.output and "'memory' not allowed" in res.output
     res = runner.invoke(app, ["build", "--from-table", str(lst), "--out", str(tmp_path / "t.parquet"),
                               "--allow-scheme", "memory"])  # fmt: skip
     assert res.exit_code == 0 and "not allowed" not in res.output

@@ -83,7 +83,7 @@ def build(
             _console.print(f"[yellow]warning:[/] {stats.unreadable_dirs} folder(s) could not be listed")
         stats.problems = mf.validate(mf.read_manifest(out), allowed)
     typer.echo(
-        f"wrote {stats.out}: {stats.rows} images, {_size(stats.total_bytes)}"
+        f"wrote {stats.out}: {stats.rows} rows, {_size(stats.total_bytes)}"
         f" (listed {stats.listed}, skipped {stats.skipped}, ids cleaned {stats.renamed_ids}"
         + (f", size unknown {stats.unprobed}" if probe and from_table is None else "")
         + f") in {stats.seconds:.1f}s"
