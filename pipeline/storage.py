@@ -185,36 +185,22 @@ class Storage:
 
     def put(self, key: str, data: bytes) -> str:
         """Write ``data`` at ``key`` atomically; returns ``uri(key)``."""
-        path = self._path(key)
-        try:
-            if self.local:
-                _atomic_local_write(path, data)
-            else:
-                self.fs.pipe_file(path, data)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.uri(key)}: {type(exc).__name__}: {exc}") from None
-        return self.uri(key)
+        return self._put(key, data, None)
 
     def put_file(self, key: str, local_path: str) -> str:
         """Copy the local file ``local_path`` to ``key`` (streamed, atomic where local); returns ``uri(key)``.
         For outputs too large to hold in memory, such as videos."""
+        return self._put(key, None, local_path)
+
+    def _put(self, key: str, data: bytes | None, local_path: str | None) -> str:
         path = self._path(key)
         try:
             if self.local:
-                folder, name = os.path.split(path)
-                os.makedirs(folder, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:100]}{_TMP_MARK}")
-                os.close(fd)
-                try:
-                    shutil.copyfile(local_path, tmp)
-                    os.chmod(tmp, 0o666 & ~_UMASK)
-                    os.replace(tmp, path)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-            else:
+                _atomic_local_write(path, data, local_path)
+            elif local_path is not None:
                 self.fs.put_file(local_path, path)
+            else:
+                self.fs.pipe_file(path, data)
         except OSError as exc:
             raise StorageError(f"cannot write {self.uri(key)}: {type(exc).__name__}: {exc}") from None
         return self.uri(key)
@@ -312,13 +298,18 @@ class Storage:
         return sorted(keys)
 
 
-def _atomic_local_write(path: str, data: bytes) -> None:
+def _atomic_local_write(path: str, data: bytes | None, source: str | None = None) -> None:
+    """``data`` (or the file at ``source``, copied) written to a temp file beside ``path``, then renamed."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:100]}{_TMP_MARK}")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if source is not None:
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+            else:
+                f.write(data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the object should look like any written file
         # no fsync: this guards readers against partial files, not the machine against power loss
         os.replace(tmp, path)

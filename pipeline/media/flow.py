@@ -25,6 +25,8 @@ over its frame pairs.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -47,8 +49,11 @@ class FlowEstimator:
         return self.dis.calc(a, b, None)
 
 
+@functools.lru_cache(maxsize=8)
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates of an (h, w) frame, built once per size (every warp and mask of a video uses them)."""
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs.flags.writeable = ys.flags.writeable = False
     return xs, ys
 
 
