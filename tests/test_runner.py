@@ -278,3 +278,21 @@ def test_an_unknown_stylizer_fails_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="no-such-model"):
         runner.run(job_config(manifest, tmp_path / "out", stylizer="no-such-model"))
     assert not (tmp_path / "out" / "metrics").exists()
+
+
+def test_actors_of_the_embedded_ray_start_on_workers_that_imported_the_pipeline_already() -> None:
+    import ray
+
+    from pipeline.raysession import PRELOAD
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def __init__(self) -> None:
+            self.seen = [name for name in PRELOAD if name in sys.modules]  # before the actor imports anything
+
+        def modules(self) -> list[str]:
+            return self.seen
+
+    assert ray.get(Probe.remote().modules.remote(), timeout=120) == list(PRELOAD)
+    # an empty job runtime_env: Ray hands an actor only an idle worker started with the actor's runtime_env
+    assert not ray.get_runtime_context().runtime_env
