@@ -301,6 +301,26 @@ def test_quality_metrics(tmp_path: Path) -> None:
     assert both[0]["content_distance"] == pytest.approx(0.0, abs=1e-6) and both[1]["content_distance"] > 0.01
 
 
+def test_colour_distance_on_a_sample_of_a_large_photo_matches_the_whole_photo() -> None:
+    from skimage import data
+
+    from pipeline.metrics import colour_distance
+
+    def exact(a: torch.Tensor, b: torch.Tensor) -> float:
+        def stats(x: torch.Tensor) -> torch.Tensor:
+            std, mean = torch.std_mean(x.reshape(3, -1).double(), dim=1, correction=0)
+            return torch.cat([mean, std])
+
+        return float((stats(a) - stats(b)).norm())
+
+    photo_ = torch.from_numpy(data.astronaut().copy()).permute(2, 0, 1)[None].float() / 255
+    photo_ = torch.nn.functional.interpolate(photo_, size=(800, 1200), mode="bilinear")  # ~1 MP: sampled
+    graded = (photo_ * torch.tensor([1.1, 0.9, 0.8]).view(1, 3, 1, 1) + 0.03).clamp(0, 1)
+    reference = exact(graded, photo_)
+    assert reference > 0.05
+    assert colour_distance(graded, photo_) == pytest.approx(reference, rel=2e-3)
+
+
 def test_a_batch_job_and_stylize_image_give_the_same_pixels(tmp_path: Path) -> None:
     """One max-side fit, one engine choice: the CLI and a job write identical PNGs for the same photo."""
     from typer.testing import CliRunner
