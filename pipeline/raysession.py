@@ -13,7 +13,6 @@ import importlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 PLUGINS_ENV = "STYLIZE_PLUGINS"
@@ -90,8 +89,9 @@ def _start_embedded(common: dict[str, object]) -> None:
     import ray
 
     # Ray workers start in a session directory: make this package importable there too
-    path = os.pathsep.join(p for p in (repo_root(), os.environ.get("PYTHONPATH", "")) if p)
-    with _environ("PYTHONPATH", path):
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root(), before) if p)
+    try:  # the raylet copies the environment when it starts; the driver's own is put back after
         ray.init(
             address="local",
             num_cpus=os.cpu_count() or 2,
@@ -100,21 +100,12 @@ def _start_embedded(common: dict[str, object]) -> None:
             _system_config={"preload_python_modules": list(PRELOAD)},
             **common,
         )
-    _Embedded.started = True
-
-
-@contextlib.contextmanager
-def _environ(name: str, value: str) -> Iterator[None]:
-    """``os.environ[name] = value`` for the ``with`` block only."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
     finally:
         if before is None:
-            os.environ.pop(name, None)
+            del os.environ["PYTHONPATH"]
         else:
-            os.environ[name] = before
+            os.environ["PYTHONPATH"] = before
+    _Embedded.started = True
 
 
 class _Embedded:
