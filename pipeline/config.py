@@ -125,6 +125,24 @@ class JobConfig(BaseModel):
         default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://minio:9000} for S3."
     )
     seed: int = Field(0, ge=0, description="Seed for anything random in the job (sampling, tie-breaks).")
+    # re-running over an output that already holds results (pipeline.plan, pipeline.shard)
+    rerun: Literal["new", "failed", "all"] = Field(
+        "new",
+        description="Which rows of an output that already holds results are stylized again: new = only rows "
+        "new or changed since the last run; failed = those plus rows that failed before; all = every row.",
+    )
+    prune: bool = Field(False, description="Delete the outputs of photos no longer in the manifest.")
+    # clusters: driver-side bounds (pipeline.runner, pipeline.lease)
+    shard_retries: int = Field(
+        3, ge=0, le=100, description="Times a shard that failed with a transient storage error is tried again."
+    )
+    stall_timeout: float = Field(
+        600, gt=0, description="Seconds without progress after which the run fails, naming the shards it waited for."
+    )
+    lease_seconds: float = Field(
+        120, gt=0, description="A run's lease on its output expires this long after its last heartbeat."
+    )
+    wait_for_lease: bool = Field(False, description="Wait for another run's lease on the output instead of stopping.")
     # videos (manifest rows with a video extension; pipeline/temporal.py, pipeline/video_job.py)
     consistency: Literal["flow", "none"] = Field(
         "flow", description="Videos: blend each frame with the flow-warped previous output (flow) or not (none)."

@@ -53,6 +53,22 @@ class StorageError(StylizeError):
     exit_code = 6
 
 
+class MachineError(StorageError):
+    """A fault of the machine or the store, not of the photo: no space left, permission denied,
+    credentials refused, the store still unreachable after its retries. A shard that meets one does not
+    commit and the run stops with one line (no ``_SUCCESS``); the same command, once the fault is fixed,
+    finishes the job. A plain ``StorageError`` raised out of a shard is transient: the driver retries the
+    shard up to ``shard_retries`` times."""
+
+    exit_code = 6
+
+
+class LeaseError(StylizeError):
+    """Another run holds this output's lease (one run at a time per output)."""
+
+    exit_code = 8
+
+
 class JobError(StylizeError):
     """A batch or training job failed to start or finish."""
 
