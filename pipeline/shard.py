@@ -280,9 +280,9 @@ class ShardWorker:
                     h, w = item.pixels.shape[-2:]
                     self._stylize([item], Call((0,), int(h), int(w)))
 
-    def _windows(self, items: list[Item]) -> Iterator[list[Item]]:
-        """Decoded items in groups of at most ``8 * batch_size`` images or ``WINDOW_PIXELS``; the pool
-        decodes up to one group ahead while the caller stylizes this one."""
+    def _windows(self, items: list[Item]) -> Iterator[tuple[list[Item], bool]]:
+        """``(window, last)``: decoded items in groups of at most ``8 * batch_size`` images or ``WINDOW_PIXELS``;
+        the pool decodes up to one group ahead while the caller stylizes this one."""
         limit = max(8 * self.config.batch_size, 16)
         futures = [self.pool.submit(self.decode, it) for it in items[:limit]]
         window: list[Item] = []
@@ -294,23 +294,29 @@ class ShardWorker:
                 futures.append(self.pool.submit(self.decode, items[n + limit]))
             window.append(item)
             pixels += item.pixels.shape[-1] * item.pixels.shape[-2] if item.pixels is not None else 0
-            if len(window) >= limit or pixels >= WINDOW_PIXELS:
-                yield window
+            if len(window) >= limit or pixels >= WINDOW_PIXELS or n == len(items) - 1:
+                yield window, n == len(items) - 1
                 window, pixels = [], 0
-        if window:
-            yield window
 
     def _report(self, shard: int, items: list[Item]) -> None:
         done = [it for it in items if it.output is not None or not it.ok]
         self.progress = (shard, len(done), sum(not it.ok for it in done))
 
     def _process(self, items: list[Item]) -> None:
-        for window in self._windows(items):
-            live = [it for it in window if it.ok]
-            sizes = [tuple(int(v) for v in it.pixels.shape[-2:]) for it in live]
+        """Each window makes the calls that fill and carries its leftovers into the next, so that images of
+        compatible sizes from different windows meet (``pipeline.batching``); the last window empties it.
+        The carried pixels stay under half of ``WINDOW_PIXELS``: past that the leftovers run partly filled."""
+        carried: list[Item] = []
+        for window, last in self._windows(items):
+            live = carried + [it for it in window if it.ok]
+            sizes = [(int(it.pixels.shape[-2]), int(it.pixels.shape[-1])) for it in live]
             keys = [0 if self.mixes_styles and not self.config.mask_column else it.row["style"] for it in live]
-            for call in plan_calls(sizes, keys, self.config.batch_size):
+            calls, left = plan_calls(sizes, keys, self.config.batch_size, final=last)
+            if left and sum(sizes[i][0] * sizes[i][1] for i in left) > WINDOW_PIXELS // 2:
+                calls, left = plan_calls(sizes, keys, self.config.batch_size, final=True)
+            for call in calls:
                 self._stylize([live[i] for i in call.items], call)
+            carried = [live[i] for i in left]
             self._report(items[0].row["shard"], items)
 
     def _process_carefully(self, items: list[Item], marker: dict[str, Any]) -> None:
