@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -160,6 +160,24 @@ def read_source(
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+@contextlib.contextmanager
+def local_copy(fs: fsspec.AbstractFileSystem, path: str, default_suffix: str = "") -> Iterator[str]:
+    """``path`` on ``fs`` as a local file path for libraries that want one (PyAV seeks): the path itself when
+    ``fs`` is local, else a temp copy (same suffix) removed on exit. A missing object raises FileNotFoundError
+    before anything is yielded."""
+    if is_local(fs):
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1] or default_suffix, prefix="stylize-")
+    os.close(fd)
+    try:
+        fs.get_file(path, tmp)
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class Storage:
