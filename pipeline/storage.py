@@ -8,6 +8,8 @@
   characters (fsspec expands those in some calls). ``safe_key(*parts)`` joins parts and checks.
 * Sources named in manifests are read through ``read_source`` with a scheme allow-list, so a
   manifest row cannot make a worker fetch ``http://169.254.169.254/...`` or ``memory://``.
+* ``local_copy(fs, path)`` is the one way to hand a library that wants a file path (PyAV) an object:
+  the path itself when local, else a temp copy removed afterwards.
 
 S3 endpoints (MinIO, tests): ``storage_options={"endpoint_url": ...}`` or the environment
 variable ``STYLIZE_S3_ENDPOINT`` (then ``AWS_ENDPOINT_URL``). Credentials come from the usual
