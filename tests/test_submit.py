@@ -56,6 +56,20 @@ def test_runtime_env_ships_the_code_but_not_the_venv(monkeypatch: pytest.MonkeyP
     assert env["env_vars"]["STYLIZE_PLUGINS"] == PLUGIN
 
 
+def test_joining_a_cluster_ships_what_a_submission_ships(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.setenv("STYLIZE_PLUGINS", PLUGIN)
+    assert raysession.ensure_ray("ray://head:10001") is True
+    (call,) = calls
+    assert call["address"] == "ray://head:10001" and call["runtime_env"] == raysession.runtime_env()
+    assert call["runtime_env"]["env_vars"]["STYLIZE_PLUGINS"] == PLUGIN
+
+
 # --- no credentials in a job --------------------------------------------------------------------------
 
 
