@@ -22,6 +22,8 @@ test: $(STAMP) lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs tests
+	# the layers and no-circle contracts in pyproject.toml ([tool.importlinter])
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/stylize bench models

@@ -9,35 +9,18 @@ is the run summary as JSON. A ``StylizeError`` exits with its code and a one-lin
 
 from __future__ import annotations
 
-import argparse
-import base64
 import json
-import os
 import sys
-import tempfile
 import time
 from typing import Any
 
 
 def parse_config(argv: list[str] | None = None) -> Any:
+    from jobs import config_arguments
     from pipeline.config import load_config
 
-    parser = argparse.ArgumentParser(prog="run_job", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="a job config YAML file")
-    source.add_argument("--config-b64", help="the JobConfig as urlsafe-base64 JSON")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = parser.parse_args(argv)
-    if args.config_b64:
-        # JSON is YAML: the decoded config goes through load_config like a file, --set included
-        data = json.loads(base64.urlsafe_b64decode(args.config_b64.encode()))
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            json.dump(data, f)
-        try:
-            return load_config(f.name, args.set)
-        finally:
-            os.unlink(f.name)
-    return load_config(args.config, args.set)
+    args = config_arguments("run_job", __doc__, argv)
+    return load_config(args.config, args.set, payload=args.config_b64)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The entrypoint ``ray job submit`` runs for training: a training config in, a checkpoint out.
 
-    python -m jobs.train_job --config train.json            (a TrainConfig as JSON or YAML)
+    python -m jobs.train_job --config train.yaml [--set key=value ...]   (a TrainConfig as YAML or JSON, any URI)
     python -m jobs.train_job --config-b64 <urlsafe base64 TrainConfig JSON>   (what `stylize train --submit` sends)
 
 Inside a Ray job, ``ray.init()`` joins the job's cluster and ``TorchTrainer`` spreads the
@@ -10,35 +10,18 @@ The last stdout line is the summary as JSON; a ``StylizeError`` exits with its c
 
 from __future__ import annotations
 
-import argparse
-import base64
 import json
 import sys
 from typing import Any
 
 
 def parse_config(argv: list[str] | None = None) -> Any:
-    from pipeline.errors import ConfigError
+    from jobs import config_arguments
+    from pipeline.config import read_mapping
     from pipeline.train.config import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="train_job", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="a TrainConfig JSON or YAML file")
-    source.add_argument("--config-b64", help="the TrainConfig as urlsafe-base64 JSON")
-    args = parser.parse_args(argv)
-    if args.config_b64:
-        data = json.loads(base64.urlsafe_b64decode(args.config_b64.encode()))
-    else:
-        import yaml
-
-        try:
-            with open(args.config) as f:
-                data = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read the training config {args.config}: {exc}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise ConfigError("the training config must be a mapping of TrainConfig keys")
-    return TrainConfig(**data)
+    args = config_arguments("train_job", __doc__, argv)
+    return TrainConfig(**read_mapping(args.config, args.set, payload=args.config_b64, fields=TrainConfig.model_fields))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,14 +7,16 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import base64
 import difflib
 import re
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.errors import ConfigError, StorageError
 from pipeline.storage import ALLOWED_SCHEMES, check_scheme
@@ -290,14 +292,14 @@ def _is_text(annotation: Any) -> bool:
     return False
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
+def _parse_override(item: str, fields: Mapping[str, FieldInfo]) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set wants key=value, got {item!r}")
     key, raw = item.split("=", 1)
     path = [p.strip() for p in key.strip().split(".")]
     if not all(path):
         raise ConfigError(f"--set has an empty key in {item!r}")
-    field = JobConfig.model_fields.get(path[0])
+    field = fields.get(path[0])
     if field is not None and len(path) == 1 and _is_text(field.annotation):
         nullable = type(None) in get_args(field.annotation)
         # a style like 3:0.5 would be a base-60 number as YAML; strings stay strings
@@ -306,6 +308,41 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         return path, yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: cannot parse {raw!r}: {exc}".replace("\n", " ")) from None
+
+
+def read_mapping(
+    path: str | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    payload: str | None = None,
+    fields: Mapping[str, FieldInfo] | None = None,
+) -> dict[str, Any]:
+    """The keys of a config before validation: the YAML (or JSON) file at ``path`` (local, s3://, gs://, ...)
+    or ``payload`` (the urlsafe base64 JSON that ``--config-b64`` carries), then ``--set`` ``overrides``.
+
+    The one reader of both job entrypoints (``jobs/run_job.py``, ``jobs/train_job.py``) and the CLI; ``fields``
+    (default: JobConfig's) says which keys are text that ``--set`` keeps verbatim. Raises ``ConfigError``.
+    """
+    if payload is not None:
+        try:
+            text = base64.b64decode(payload.encode(), altchars=b"-_", validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise ConfigError("--config-b64 is not urlsafe base64 of UTF-8 JSON") from None
+        data = _parse_yaml(text, "--config-b64")  # JSON is YAML
+    else:
+        data = _read_yaml(path) if path else {}
+    for item in overrides:
+        keys, value = _parse_override(item, JobConfig.model_fields if fields is None else fields)
+        target = data
+        for k in keys[:-1]:
+            nxt = target.get(k)
+            if nxt is None:
+                nxt = target[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {'.'.join(keys)}: {k!r} is not a mapping")
+            target = nxt
+        target[keys[-1]] = value
+    return data
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -317,6 +354,10 @@ def _read_yaml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    return _parse_yaml(text, path)
+
+
+def _parse_yaml(text: str, path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -330,25 +371,17 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | None = None, overrides: Sequence[str] = (), **flags: Any) -> JobConfig:
-    """YAML file (optional), then ``--set key=value`` overrides, then the non-None ``flags``.
+def load_config(
+    path: str | None = None, overrides: Sequence[str] = (), *, payload: str | None = None, **flags: Any
+) -> JobConfig:
+    """YAML file (optional; or ``payload``, see ``read_mapping``), then ``--set key=value`` overrides,
+    then the non-None ``flags``.
 
     Override values are YAML scalars (``batch_size=8``, ``metrics=false``, ``max_side=null``)
     except for text keys, which are kept verbatim (``style=3:0.5,12:0.5``). Dotted keys reach
     into dicts: ``storage_options.endpoint_url=http://minio:9000``. Raises ``ConfigError``.
     """
-    data: dict[str, Any] = _read_yaml(path) if path else {}
-    for item in overrides:
-        keys, value = _parse_override(item)
-        target = data
-        for k in keys[:-1]:
-            nxt = target.get(k)
-            if nxt is None:
-                nxt = target[k] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {'.'.join(keys)}: {k!r} is not a mapping")
-            target = nxt
-        target[keys[-1]] = value
+    data = read_mapping(path, overrides, payload=payload)
     for key, value in flags.items():
         if value is not None:
             data[key] = value

@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 PLUGINS_ENV = "STYLIZE_PLUGINS"
 PRELOAD = ("pipeline.shard",)  # what every actor imports first: the embedded Ray's workers import it while idle
@@ -30,6 +31,7 @@ EXCLUDES = [
     "*.pem",
     ".aws",
     ".netrc",
+    ".import_linter_cache",
 ]
 
 
@@ -42,6 +44,20 @@ def import_plugins() -> None:
 def repo_root() -> str:
     """The checkout this package runs from (what a cluster job ships as its working_dir)."""
     return str(Path(__file__).resolve().parent.parent)
+
+
+def runtime_env(working_dir: str | None = None, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a run on a cluster ships: this checkout less ``EXCLUDES``, ``$STYLIZE_PLUGINS`` and ``env_vars``.
+
+    The one builder for both ways onto a cluster: ``ensure_ray`` joining an address, and a Ray Jobs
+    submission (``pipeline.submit``).
+    """
+    # the cluster's Python already has the packages; a uv-managed driver must not make Ray rebuild them
+    env = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    if os.environ.get(PLUGINS_ENV):
+        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+    env.update(env_vars or {})
+    return {"working_dir": working_dir or repo_root(), "excludes": EXCLUDES, "env_vars": env}
 
 
 def _quiet() -> None:
@@ -70,9 +86,7 @@ def ensure_ray(address: str | None = None) -> bool:
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         ray.init(address=address or None, **common)
     elif address:
-        env = {PLUGINS_ENV: os.environ[PLUGINS_ENV]} if os.environ.get(PLUGINS_ENV) else {}
-        runtime_env = {"working_dir": repo_root(), "excludes": EXCLUDES, "env_vars": env}
-        ray.init(address=address, runtime_env=runtime_env, **common)
+        ray.init(address=address, runtime_env=runtime_env(), **common)
     else:
         _start_embedded(common)
     return True

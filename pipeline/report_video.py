@@ -10,8 +10,6 @@ import base64
 import contextlib
 import html
 import io
-import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,20 +58,11 @@ def frame_strip(source: str, output: str, *, frames: int = STRIP_FRAMES, height:
 @contextlib.contextmanager
 def _local(uri: str, storage_options: dict | None, storage: Any = None) -> Iterator[str]:
     """A local path for a source URI (or, with ``storage``, an output key)."""
-    from pipeline.storage import is_local, open_fs
+    from pipeline.storage import local_copy, open_fs
 
     fs, path = (storage.fs, storage._path(uri)) if storage is not None else open_fs(uri, storage_options)
-    if is_local(fs):
-        yield path
-        return
-    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        fs.get_file(path, tmp)
-        yield tmp
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with local_copy(fs, path) as local:
+        yield local
 
 
 def _num(v: Any, fmt: str) -> str:

@@ -41,6 +41,7 @@ from pipeline.media.video import is_video
 from pipeline.metrics import QualityScorer, shard_file, shard_summary
 from pipeline.models.base import Style
 from pipeline.models.controls import resize, stylize, stylize_each
+from pipeline.models.engines import load_stylizer
 from pipeline.raysession import import_plugins
 from pipeline.storage import Storage, read_source
 from pipeline.styles import assign_styles, parse_style_spec
@@ -94,20 +95,19 @@ class ShardWorker:
     """Owns a loaded stylizer and processes whole shards of one job's manifest."""
 
     def __init__(self, config: JobConfig, *, threads: int | None = None, io_threads: int = 4) -> None:
-        import pipeline.models as models
-
         if threads:
             torch.set_num_threads(int(threads))
         import_plugins()
         self.config = config
         self.device = resolve_device(config.device)
-        kwargs: dict[str, Any] = {"device": self.device, "encoder_weights": config.encoder_weights}
-        if config.weights:
-            kwargs["weights"] = config.weights
-        from pipeline.models.engines import resolve_engine, with_engine
-
-        engine = resolve_engine(config.engine, config.stylizer, self.device, custom_weights=bool(config.weights))
-        self.model = with_engine(models.create(config.stylizer, **kwargs), engine, threads=threads)
+        self.model = load_stylizer(
+            config.stylizer,
+            device=self.device,
+            engine=config.engine,
+            weights=config.weights,
+            encoder_weights=config.encoder_weights,
+            threads=threads,
+        )
         self.scorer = QualityScorer.load(config.encoder_weights, device=self.device) if config.metrics else None
         self.storage = Storage(config.output, config.storage_options or None)
         self.pool = ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="stylize-io")

@@ -8,6 +8,8 @@
   characters (fsspec expands those in some calls). ``safe_key(*parts)`` joins parts and checks.
 * Sources named in manifests are read through ``read_source`` with a scheme allow-list, so a
   manifest row cannot make a worker fetch ``http://169.254.169.254/...`` or ``memory://``.
+* ``local_copy(fs, path)`` is the one way to hand a library that wants a file path (PyAV) an object:
+  the path itself when local, else a temp copy removed afterwards.
 
 S3 endpoints (MinIO, tests): ``storage_options={"endpoint_url": ...}`` or the environment
 variable ``STYLIZE_S3_ENDPOINT`` (then ``AWS_ENDPOINT_URL``). Credentials come from the usual
@@ -22,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -160,6 +162,24 @@ def read_source(
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+@contextlib.contextmanager
+def local_copy(fs: fsspec.AbstractFileSystem, path: str, default_suffix: str = "") -> Iterator[str]:
+    """``path`` on ``fs`` as a local file path for libraries that want one (PyAV seeks): the path itself when
+    ``fs`` is local, else a temp copy (same suffix) removed on exit. A missing object raises FileNotFoundError
+    before anything is yielded."""
+    if is_local(fs):
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1] or default_suffix, prefix="stylize-")
+    os.close(fd)
+    try:
+        fs.get_file(path, tmp)
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class Storage:

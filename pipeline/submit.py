@@ -1,7 +1,8 @@
-"""Submitting batch jobs to a Ray cluster through the Ray Jobs API (the dashboard, port 8265).
+"""Submitting batch and training jobs to a Ray cluster through the Ray Jobs API (the dashboard, port 8265).
 
-The job runs ``python -m jobs.run_job --config-b64 ...`` with this repository as its
-``working_dir``. Its submission id is derived from the config, so submitting the same config
+A batch job runs ``python -m jobs.run_job --config-b64 ...`` and training (``stylize train --submit``)
+``python -m jobs.train_job --config-b64 ...``, both through ``submit``, with this repository as their
+``working_dir``. A job's submission id is derived from the config, so submitting the same config
 twice names the same job instead of starting a second copy writing to the same output.
 
 No credentials travel with a job. Anyone who can open the dashboard or run ``ray job list``
@@ -20,12 +21,14 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pipeline import raysession
 from pipeline.config import SECRET_KEY
 from pipeline.errors import ConfigError, JobError
 
+JobKind = Literal["run", "train"]
+JOB_MODULES: dict[str, str] = {"run": "jobs.run_job", "train": "jobs.train_job"}  # what each kind of job runs
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 PAYLOAD_FLAG = "--config-b64"
@@ -46,8 +49,10 @@ def config_json(config: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def submission_id(config: Any) -> str:
-    return "stylize-" + hashlib.sha256(config_json(config).encode()).hexdigest()[:16]
+def submission_id(config: Any, kind: JobKind = "run") -> str:
+    # a batch job's id has no kind in it, as before there were two kinds: a resubmission names the same job
+    prefix = "stylize-" if kind == "run" else f"stylize-{kind}-"
+    return prefix + hashlib.sha256(config_json(config).encode()).hexdigest()[:16]
 
 
 def encode_payload(data: Any) -> str:
@@ -56,8 +61,8 @@ def encode_payload(data: Any) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
-def entrypoint(config: Any, python: str = "python") -> str:
-    return f"{python} -m jobs.run_job {PAYLOAD_FLAG} {encode_payload(config_json(config))}"
+def entrypoint(config: Any, python: str = "python", kind: JobKind = "run") -> str:
+    return f"{python} -m {JOB_MODULES[kind]} {PAYLOAD_FLAG} {encode_payload(config_json(config))}"
 
 
 def credentials_in(data: Any, path: str = "") -> list[str]:
@@ -106,15 +111,6 @@ def refuse_credentials(command: str, metadata: dict[str, str], env_vars: dict[st
         )
 
 
-def runtime_env(working_dir: str | None = None, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
-    root = working_dir or raysession.repo_root()
-    env = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    if os.environ.get(raysession.PLUGINS_ENV):
-        env[raysession.PLUGINS_ENV] = os.environ[raysession.PLUGINS_ENV]
-    env.update(env_vars or {})
-    return {"working_dir": root, "excludes": raysession.EXCLUDES, "env_vars": env}
-
-
 def _token_auth_if_available() -> None:
     """Send the Ray auth token when one exists (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN[_PATH]``).
 
@@ -160,7 +156,7 @@ def submit_entrypoint(
     The id is deterministic (derived from the config), so submitting the same job twice is a no-op.
     A job that would carry a credential is refused before the cluster is contacted (module doc).
     """
-    env = runtime_env(working_dir, env_vars)
+    env = raysession.runtime_env(working_dir, env_vars)
     meta = {"tool": "stylize", **(metadata or {})}
     refuse_credentials(command, meta, env["env_vars"])
     jobs = client(address)
@@ -176,19 +172,21 @@ def submit_entrypoint(
 def submit(
     config: Any,
     *,
+    kind: JobKind = "run",
     address: str | None = None,
     python: str = "python",
     working_dir: str | None = None,
     env_vars: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
-    """Submit a batch job config; returns (submission id, newly submitted?)."""
+    """Submit a batch job's JobConfig (``kind="run"``) or a TrainConfig (``kind="train"``);
+    returns (submission id, newly submitted?)."""
     return submit_entrypoint(
-        entrypoint(config, python),
-        submission_id(config),
+        entrypoint(config, python, kind),
+        submission_id(config, kind),
         address=address,
         working_dir=working_dir,
         env_vars=env_vars,
-        metadata={"output": str(getattr(config, "output", ""))},
+        metadata={"kind": kind, "output": str(getattr(config, "output", ""))},
     )
 
 

@@ -184,29 +184,18 @@ def settings_for(config: Any) -> VideoSettings:
 @contextlib.contextmanager
 def local_source(worker: Any, uri: str) -> Iterator[str]:
     """``uri`` as a local path: itself when local, else a temp copy streamed through fsspec (PyAV seeks)."""
-    import os
-    import tempfile
-
-    from pipeline.storage import check_scheme, is_local, open_fs
+    from pipeline.storage import check_scheme, local_copy, open_fs
 
     check_scheme(uri, worker.config.allowed_schemes)
     fs, path = open_fs(uri, worker.config.storage_options or None)
-    if is_local(fs):
-        yield path
-        return
-    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1] or ".video")
-    os.close(fd)
-    try:
-        try:
-            fs.get_file(path, tmp)
+    with contextlib.ExitStack() as stack:
+        try:  # only the fetch: a FileNotFoundError from the caller's block is not a missing source
+            local = stack.enter_context(local_copy(fs, path, ".video"))
         except FileNotFoundError:
             from pipeline.errors import DecodeError
 
             raise DecodeError(f"file not found: {uri}") from None
-        yield tmp
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        yield local
 
 
 def _temp_mp4() -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.benchmarks import quality_rows, random_init, reference_for
+from pipeline.bench.models import quality_rows, random_init, reference_for
 from pipeline.metrics import QualityScorer
 from pipeline.models.vgg import VGGEncoder
 

@@ -8,7 +8,7 @@ import torch
 from pipeline.errors import ConfigError
 from pipeline.models import create
 from pipeline.models.base import Style
-from pipeline.models.engines import resolve_engine, with_engine
+from pipeline.models.engines import OnnxNet, load_stylizer, resolve_engine, with_engine
 
 pytest.importorskip("onnxruntime")
 
@@ -51,3 +51,12 @@ def test_engine_choice() -> None:
     assert resolve_engine("torch", "dumoulin", cpu) == "torch"
     with pytest.raises(ConfigError, match="onnxruntime runs dumoulin"):
         resolve_engine("onnxruntime", "ghiasi", cpu)
+
+
+def test_load_stylizer_is_create_then_the_resolved_engine() -> None:
+    cpu = torch.device("cpu")
+    auto = load_stylizer("dumoulin", device=cpu)
+    assert isinstance(auto.net, OnnxNet)  # auto on CPU: onnxruntime for dumoulin's bundled weights
+    assert not isinstance(load_stylizer("dumoulin", device=cpu, engine="torch").net, OnnxNet)
+    with pytest.raises(ConfigError, match="onnxruntime runs dumoulin"):
+        load_stylizer("ghiasi", device=cpu, engine="onnxruntime")

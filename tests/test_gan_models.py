@@ -390,7 +390,7 @@ def test_stylize_image_and_a_batch_job_with_a_cyclegan_checkpoint(small_checkpoi
 
 
 def test_bench_models_times_both_with_random_weights_when_none_are_here() -> None:
-    from pipeline.benchmarks import bench_models, random_init
+    from pipeline.bench.models import bench_models, random_init
 
     rows = list(
         bench_models(["cyclegan", "animegan"], [32], device=torch.device("cpu"), repeats=1, random_init=random_init)

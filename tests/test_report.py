@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import pipeline.storage
 from pipeline import metrics, report
-from pipeline.bench_report import SCHEMA, bench_report, make_output
+from pipeline.bench.report import SCHEMA, bench_report, make_output
 from pipeline.cli import app
 from pipeline.report import error_kind, render, svg_bars, svg_line
 from pipeline.storage import Storage
@@ -173,7 +173,7 @@ def test_report_at_100k_rows_is_fast_small_and_counts_failures_by_kind(big: Stor
     seconds = time.perf_counter() - start
     size = len(page.encode())
     print(f"\nreport at {ROWS:,} rows: {seconds:.2f} s, {size:,} bytes of HTML")
-    assert seconds < 15  # a guard only: the limit is 5 s on an idle machine (see bench_report)
+    assert seconds < 15  # a guard only: the limit is 5 s on an idle machine (see pipeline.bench.report)
     assert size < 5_000_000
     assert page.count("<svg") >= 8 and page.count("<rect") < 2_000  # aggregates, not one mark per image
 

@@ -102,3 +102,20 @@ def test_from_table_with_s3_uris(endpoint, tmp_path):
     assert stats.rows == 2 and stats.problems == []
     ids = m.read_manifest("s3://outputs/manifests/list.parquet").column("image_id").to_pylist()
     assert ids == ["photos/archive/2020/img_00.png", "photos/archive/2021/img_01.png"]
+
+
+def test_both_job_entrypoints_read_their_config_from_s3(endpoint):
+    from jobs.run_job import parse_config as parse_job_config
+    from jobs.train_job import parse_config as parse_train_config
+
+    configs = Storage("s3://outputs/configs")
+    configs.put("job.yaml", b"manifest: s3://photos/m.parquet\noutput: s3://outputs/run\nstyle: '3'\n")
+    configs.put(
+        "train.json",
+        b'{"stylizer": "johnson", "style": "s3://photos/wave.jpg", '
+        b'"content_manifest": "s3://photos/c.txt", "output": "s3://outputs/ckpt"}',
+    )
+    job = parse_job_config(["--config", "s3://outputs/configs/job.yaml", "--set", "batch_size=2"])
+    assert (job.output, job.batch_size) == ("s3://outputs/run", 2)
+    train = parse_train_config(["--config", "s3://outputs/configs/train.json"])
+    assert (train.stylizer, train.output) == ("johnson", "s3://outputs/ckpt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from pipeline.storage import (
     Storage,
     check_key,
     key_problem,
+    local_copy,
     open_fs,
     read_source,
     s3_options,
@@ -168,3 +170,24 @@ def test_s3_endpoint_from_env(monkeypatch):
 def test_open_fs_local(tmp_path):
     fs, path = open_fs(str(tmp_path))
     assert path == str(tmp_path) and fs.isdir(path)
+
+
+def test_local_copy_is_the_path_itself_or_a_temp_copy_removed_after(tmp_path):
+    import fsspec
+
+    local = tmp_path / "a.mp4"
+    local.write_bytes(b"video")
+    with local_copy(fsspec.filesystem("file"), str(local)) as path:
+        assert path == str(local)
+    assert local.exists()  # a local source is never deleted
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/bucket/clip.mov", b"remote video")
+    memory.pipe("/bucket/noext", b"x")
+    with local_copy(memory, "/bucket/clip.mov") as path:
+        assert path.endswith(".mov") and Path(path).read_bytes() == b"remote video"
+    assert not os.path.exists(path)
+    with local_copy(memory, "/bucket/noext", ".video") as path:
+        assert path.endswith(".video")
+    with pytest.raises(FileNotFoundError), local_copy(memory, "/bucket/missing.mp4"):
+        pass

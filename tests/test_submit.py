@@ -48,12 +48,26 @@ def test_entrypoint_round_trips_the_config() -> None:
 
 def test_runtime_env_ships_the_code_but_not_the_venv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STYLIZE_PLUGINS", PLUGIN)
-    env = submit.runtime_env()
+    env = raysession.runtime_env()
     assert (Path(env["working_dir"]) / "pipeline" / "runner.py").is_file()
     assert (Path(env["working_dir"]) / "jobs" / "run_job.py").is_file()
     assert ".venv" in env["excludes"] and ".git" in env["excludes"]
     assert env["excludes"] == raysession.EXCLUDES and env["working_dir"] == raysession.repo_root()
     assert env["env_vars"]["STYLIZE_PLUGINS"] == PLUGIN
+
+
+def test_joining_a_cluster_ships_what_a_submission_ships(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.setenv("STYLIZE_PLUGINS", PLUGIN)
+    assert raysession.ensure_ray("ray://head:10001") is True
+    (call,) = calls
+    assert call["address"] == "ray://head:10001" and call["runtime_env"] == raysession.runtime_env()
+    assert call["runtime_env"]["env_vars"]["STYLIZE_PLUGINS"] == PLUGIN
 
 
 # --- no credentials in a job --------------------------------------------------------------------------
@@ -260,3 +274,56 @@ def test_no_secret_reaches_a_live_cluster(
     assert SECRET not in seen
     refused_id = submit.submission_id(JobConfig(**yaml.safe_load(refused.read_text())))
     assert refused_id not in seen  # nothing was submitted for the refused config
+
+
+class RecordingClient:
+    """Stands in for ``submit.client``: records what would be sent to the cluster."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict] = []
+
+    def __call__(self, address=None):
+        return self
+
+    def submit_job(self, **kwargs):
+        self.jobs.append(kwargs)
+        return kwargs["submission_id"]
+
+
+def test_training_submits_through_the_batch_jobs_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.train_job import parse_config as parse_train_config
+
+    sent = RecordingClient()
+    monkeypatch.setattr(submit, "client", sent)
+    args = ["--content-manifest", "s3://b/photos.txt", "--output", "s3://b/ckpt", "--submit"]
+    result = CliRunner().invoke(app, ["train", "johnson", "--style", "s3://b/wave.jpg", *args, "--steps", "5"])
+    assert result.exit_code == 0, result.output
+    cfg = JobConfig(manifest="s3://b/m.parquet", output="s3://b/out", style="3")
+    submit.submit(cfg)
+    train, job = sent.jobs
+    assert train["runtime_env"] == job["runtime_env"] == raysession.runtime_env()
+    assert train["metadata"] == {"tool": "stylize", "kind": "train", "output": "s3://b/ckpt"}
+    assert job["metadata"] == {"tool": "stylize", "kind": "run", "output": "s3://b/out"}
+    argv = train["entrypoint"].split()
+    assert argv[:4] == ["python", "-m", "jobs.train_job", "--config-b64"]
+    config = parse_train_config(argv[3:])
+    assert (config.stylizer, config.style, config.steps) == ("johnson", "s3://b/wave.jpg", 5)
+    assert train["submission_id"] == submit.submission_id(config, "train") and train["submission_id"] in result.output
+    assert train["submission_id"].startswith("stylize-train-") and job["submission_id"] == submit.submission_id(cfg)
+    assert parse_train_config([*argv[3:], "--set", "steps=7", "--set", "style=a:b.jpg"]).style == "a:b.jpg"
+
+
+def test_both_job_entrypoints_read_a_config_file_and_refuse_a_bad_payload(tmp_path: Path) -> None:
+    from jobs.train_job import parse_config as parse_train_config
+
+    (tmp_path / "job.yaml").write_text("manifest: m.parquet\noutput: out\nstyle: '3'\n")
+    (tmp_path / "train.yaml").write_text("stylizer: adain\ncontent_manifest: c.txt\noutput: o\nstyle_manifest: s\n")
+    assert parse_config(["--config", str(tmp_path / "job.yaml"), "--set", "batch_size=3"]).batch_size == 3
+    assert parse_train_config(["--config", str(tmp_path / "train.yaml"), "--set", "lr=0.5"]).lr == 0.5
+    for parse in (parse_config, parse_train_config):
+        with pytest.raises(ConfigError, match="^--config-b64 is not urlsafe base64"):
+            parse(["--config-b64", "%%%"])
+        with pytest.raises(ConfigError, match="^config file: "):
+            parse(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(ConfigError, match="invalid train config"):
+        parse_train_config(["--config", str(tmp_path / "job.yaml")])

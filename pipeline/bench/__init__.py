@@ -1,1 +1,1 @@
-"""Benchmark commands that print numbers; they import the library, never the CLI."""
+"""Benchmark commands that print numbers: they import the library, never the CLI."""

@@ -29,7 +29,7 @@ def models_bench(
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.benchmarks import bench_models, random_init
+    from pipeline.bench.models import bench_models, random_init
     from pipeline.devices import resolve_device
     from pipeline.models import list_models
 
@@ -85,7 +85,7 @@ def quality_bench(
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.benchmarks import quality_rows
+    from pipeline.bench.models import quality_rows
     from pipeline.devices import resolve_device
     from pipeline.errors import ConfigError, InputError
     from pipeline.metrics import QualityScorer
@@ -252,6 +252,6 @@ def pipeline_bench(
 @app.command("report")
 def report(rows: Annotated[int, typer.Option(help="Synthetic metric rows.")] = 100_000) -> None:
     """Time `stylize report` on a synthetic output of ROWS rows (seconds, HTML bytes); prints JSON."""
-    from pipeline.bench_report import bench_report
+    from pipeline.bench.report import bench_report
 
     typer.echo(json.dumps(bench_report(rows), indent=2))

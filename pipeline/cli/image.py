@@ -95,20 +95,6 @@ def default_style(stylizer: str, style: str | None) -> str:
     return style
 
 
-def load_model(
-    stylizer: str, *, weights: str | None, encoder_weights: str, device: str, engine: str, options: dict[str, int]
-) -> torch.nn.Module:
-    """The stylizer on the resolved device and engine, as `stylize image` and `stylize video` run it."""
-    from pipeline.devices import resolve_device
-    from pipeline.models import create
-    from pipeline.models.engines import resolve_engine, with_engine
-
-    dev = resolve_device(device)
-    chosen = resolve_engine(engine, stylizer, dev, custom_weights=bool(weights))
-    model = create(stylizer, weights=weights, encoder_weights=encoder_weights, device=dev, **options)
-    return with_engine(model, chosen)
-
-
 def image(
     content: Annotated[Path, typer.Argument(help="The photo to stylize.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result (.jpg, .png, .webp).")],
@@ -134,8 +120,10 @@ def image(
     import torch.nn.functional as F
 
     from pipeline.codec import encode_image, fit, read_image, to_array, to_tensor
+    from pipeline.devices import resolve_device
     from pipeline.models import controls, get_card
     from pipeline.models.base import Style
+    from pipeline.models.engines import load_stylizer
     from pipeline.styles import parse_style_spec
 
     started = time.perf_counter()
@@ -157,8 +145,13 @@ def image(
     options: dict[str, int] = {}
     if not card.feed_forward:  # optimisation methods take their schedule from the command line
         options = {"seed": seed, **({"steps": steps} if steps else {})}
-    model = load_model(
-        stylizer, weights=weights, encoder_weights=encoder_weights, device=device, engine=engine, options=options
+    model = load_stylizer(
+        stylizer,
+        device=resolve_device(device),
+        engine=engine,
+        weights=weights,
+        encoder_weights=encoder_weights,
+        **options,
     )
     # the one max-side fit that batch jobs use too, so both feed the model the same pixels
     pixels = fit(decoded.array, max_side)

@@ -6,8 +6,6 @@ and as ``weights:`` in a batch job config.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import time
 from typing import Annotated
 
@@ -57,11 +55,11 @@ def _launch(data: dict, *, submit: bool, address: str | None, wait: bool) -> Non
 
     config = TrainConfig(**{k: v for k, v in data.items() if v is not None}).resolved()
     if submit:
-        job_id, new = submit_training(config, address=address)
+        from pipeline import submit as jobs
+
+        job_id, new = jobs.submit(config, kind="train", address=address)
         typer.echo(f"{'submitted' if new else 'already submitted'} {job_id}; follow with: stylize logs {job_id}")
         if wait:
-            from pipeline import submit as jobs
-
             state = jobs.wait(job_id, address)
             typer.echo(f"{job_id}: {state}")
             if state != "SUCCEEDED":
@@ -83,16 +81,6 @@ def _launch(data: dict, *, submit: bool, address: str | None, wait: bool) -> Non
     typer.echo(f"trained {config.stylizer} to step {summary.get('step')} in {took:.0f}s: {where}")
     if losses:
         typer.echo(f"last losses: {losses_text(losses)}")
-
-
-def submit_training(config, *, address: str | None = None) -> tuple[str, bool]:
-    """Submit ``python -m jobs.train_job`` through the batch jobs' Ray Jobs client; (id, newly submitted)."""
-    from pipeline import submit as jobs
-
-    payload = base64.urlsafe_b64encode(config.to_json().encode()).decode()
-    job_id = "stylize-train-" + hashlib.sha256(config.to_json().encode()).hexdigest()[:16]
-    command = f"python -m jobs.train_job --config-b64 {payload}"
-    return jobs.submit_entrypoint(command, job_id, address=address, metadata={"kind": "train", "output": config.output})
 
 
 @app.command()

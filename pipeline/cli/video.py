@@ -22,7 +22,6 @@ from pipeline.cli.image import (
     TilePixelsOpt,
     WeightsOpt,
     default_style,
-    load_model,
 )
 from pipeline.config import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, parse_style_scale
 from pipeline.errors import ConfigError
@@ -61,8 +60,10 @@ def video(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pipeline.devices import resolve_device
     from pipeline.media.video import EncodeOptions, probe_video
     from pipeline.models.controls import COLOR_MODES
+    from pipeline.models.engines import load_stylizer
     from pipeline.raysession import import_plugins
     from pipeline.styles import parse_style_spec
     from pipeline.temporal import check_consistency
@@ -89,8 +90,8 @@ def video(
 
     spec = default_style(stylizer, style)
     styles = parse_style_spec(spec) if spec else [Style()]  # decoded once for the whole video
-    model = load_model(
-        stylizer, weights=weights, encoder_weights=encoder_weights, device=device, engine=engine, options={}
+    model = load_stylizer(
+        stylizer, device=resolve_device(device), engine=engine, weights=weights, encoder_weights=encoder_weights
     )
     stylize = frame_stylizer(
         model, styles, alpha=alpha, preserve_color=preserve_color, tile_pixels=tile_pixels, style_scale=scale

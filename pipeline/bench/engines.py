@@ -1,6 +1,6 @@
 """Engine and format choices measured side by side: what the job defaults were picked from.
 
-``python -m pipeline.bench_engines`` prints the median milliseconds per image of
+``python -m pipeline.bench.engines`` prints the median milliseconds per image of
 - dumoulin at 1024x683 (batch 1, this machine's threads) in torch fp32, torch with channels-last
   input, torch under bf16 autocast, onnxruntime on the original ONNX file, and ``torch.compile``
   (inductor, from an empty cache; with the first call's seconds at that size and three more);

@@ -1,7 +1,7 @@
 """Video throughput: frames/s at 640x360 for dumoulin and ghiasi, with and without `consistency: flow`,
 and the share of the time spent on flow (DIS both ways, occlusion, warping and the E_warp measure).
 
-    python -m pipeline.bench_video [--frames 48] [--photo PATH] [--strip docs/images/video-strip.png]
+    python -m pipeline.bench.video [--frames 48] [--photo PATH] [--strip docs/images/video-strip.png]
 
 The input is a 640x360 window panning across a photo (``--photo``; default the repository's eval photo
 when present, else a seeded texture) by 3 px a frame, encoded at 30000/1001 fps. ``--strip`` also
@@ -25,7 +25,7 @@ from pipeline.video_job import VideoSettings, frame_stylizer, render
 SIZE = (640, 360)
 RATE = Fraction(30000, 1001)
 STEP = 3  # px per frame
-DEFAULT_PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "eval", "content", "chicago.jpg")
+DEFAULT_PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "eval", "content", "chicago.jpg")
 STYLES = {"dumoulin": "7", "ghiasi": os.path.join(os.path.dirname(DEFAULT_PHOTO), "..", "style")}
 
 
@@ -67,7 +67,8 @@ def main() -> None:
     parser.add_argument("--strip", default=None, help="also write the README's frame strip (PNG) here")
     args = parser.parse_args()
 
-    from pipeline.cli.image import load_model
+    from pipeline.devices import resolve_device
+    from pipeline.models.engines import load_stylizer
     from pipeline.styles import parse_style_spec
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,9 +77,7 @@ def main() -> None:
         print(f"input: {SIZE[0]}x{SIZE[1]}, {args.frames} frames at {RATE} fps, batch 4, device {args.device}")
         print(f"{'stylizer':10} {'consistency':12} {'frames/s':>9} {'flow share':>11} {'E_warp':>9} {'fidelity':>9}")
         for name in args.stylizers.split(","):
-            model = load_model(
-                name, weights=None, encoder_weights="auto", device=args.device, engine="auto", options={}
-            )
+            model = load_stylizer(name, device=resolve_device(args.device))
             stylize = frame_stylizer(model, parse_style_spec(style_for(name)))
             stylize([np.zeros((SIZE[1], SIZE[0], 3), np.uint8)])  # warm-up: weights, engine, style encoding
             for mode in CONSISTENCY_MODES[::-1]:  # none, then flow

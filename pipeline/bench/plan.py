@@ -1,6 +1,6 @@
 """Planning benchmark: driver wall time and peak memory to plan a job over N synthetic manifest rows.
 
-``python -m pipeline.bench_plan 1000000 10000000 100000000`` writes one synthetic manifest per size
+``python -m pipeline.bench.plan 1000000 10000000 100000000`` writes one synthetic manifest per size
 (as ``manifest build`` would: fingerprint and duplicate check in the footer, 65,536-row groups),
 then plans a job over each in a fresh Python process (``runner.plan_job``, what ``stylize run``
 does before Ray starts) and prints its wall time and peak RSS. ``--no-footer`` writes manifests

@@ -1,6 +1,6 @@
 """Style-scale benchmark: does a large photo look as stylized as a small one, with full-size detail?
 
-``python -m pipeline.bench_scale --stylizer ghiasi --stylizer dumoulin --style PAINTING.jpg`` stylizes one
+``python -m pipeline.bench.scale --stylizer ghiasi --stylizer dumoulin --style PAINTING.jpg`` stylizes one
 photo at several longer sides (default 512, 1024, 2048, 4096) with ``style_scale`` ``native`` and with the
 default, through ``controls.stylize``, and prints one row per (stylizer, style, size, mode):
 

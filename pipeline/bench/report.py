@@ -250,7 +250,7 @@ def bench_report(rows: int = 100_000, *, shards: int = 10, sample: int = 24, cli
     return result
 
 
-if __name__ == "__main__":  # python -m pipeline.bench_report [ROWS] | python -m pipeline.bench_report demo DIR
+if __name__ == "__main__":  # python -m pipeline.bench.report [ROWS] | python -m pipeline.bench.report demo DIR
     if sys.argv[1:2] == ["demo"]:
         print(make_demo_output(sys.argv[2]).root_uri)
     else:
