@@ -242,3 +242,19 @@ def test_stylize_run_into_a_disk_that_fills_stops_and_the_rerun_finishes(
     rows = pq.read_table(out / "metrics").to_pylist()
     assert sorted(r["image_id"] for r in rows) == sorted(paths)  # exactly one row each
     assert {r["status"] for r in rows} == {"ok"} and (out / "_SUCCESS").exists()
+
+
+def test_the_jobs_seed_seeds_the_worker_and_optimisation_noise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import pipeline.models.gatys as gatys
+    from pipeline.models.vgg import VGGEncoder
+
+    monkeypatch.setattr(gatys, "load_encoder", lambda *a, **k: VGGEncoder("vgg16", last="relu5_1", source="random"))
+    config = job_config(tmp_path / "m.parquet", tmp_path / "out", stylizer="gatys", seed=7)
+    worker = ShardWorker(config)
+    try:
+        assert torch.initial_seed() == 7
+        assert worker.model.options.seed == 7  # gatys' init=noise draws from it
+    finally:
+        worker.close()
