@@ -20,8 +20,10 @@ import numpy as np
 
 from pipeline.codec import fit
 from pipeline.config import DEFAULT_STYLE_SCALE
+from pipeline.errors import DecodeError
 from pipeline.media.video import DEFAULT_MAX_PIXELS, EncodeOptions, VideoInfo, VideoReader, VideoWriter, even_size
 from pipeline.temporal import BLEND, WARMUP, FrameStylizer, Stats, Temporal
+from pipeline.temporal import run as run_temporal
 
 Progress = Callable[[int], None]
 
@@ -135,8 +137,6 @@ def render(
                     progress(index - start + 1)
             notes = list(reader.notes)
         if writer is None:
-            from pipeline.errors import DecodeError
-
             raise DecodeError(f"no frames in slots {start}..{stop if stop is not None else 'end'}")
         writer.close()
         notes += writer.notes
@@ -151,9 +151,7 @@ def render(
 
 
 def _run(frames: Iterator, stylize: FrameStylizer, temporal: Temporal, settings: VideoSettings, start: int) -> Iterator:
-    from pipeline.temporal import run
-
-    return run(frames, stylize, temporal, batch_size=settings.batch_size, write_from=start)
+    return run_temporal(frames, stylize, temporal, batch_size=settings.batch_size, write_from=start)
 
 
 def video_origin(reader: VideoReader) -> Fraction:

@@ -150,6 +150,7 @@ def test_a_shard_with_photos_long_and_bad_videos(folder: Path, tmp_path: Path) -
     for name, (_, reason) in bad.items():
         r = got[f"bad-{name}.mp4"]
         assert r["status"] == "failed" and reason in r["error"], (name, r["error"])
+        assert r["error_kind"] and r["failed_stage"] in ("read", "decode", "stylize"), (name, r)
     assert not any(p.startswith(("_segments", "_attempts")) for p in files_under(out))
 
 
