@@ -34,7 +34,7 @@ from pipeline.models.base import Style
 
 GRAM_CACHE = 64  # style specs whose Gram matrices are kept (dataset generation samples from thousands)
 COLOUR_SAMPLE = 1 << 17  # pixels, at least, that colour_distance's statistics are taken over
-QUALITY_SIDE = 128  # px, longer side: 0.08 s a photo in a job on the 2-core CPU (docs/benchmarks.md)
+QUALITY_SIDE = 128  # px, longer side: 0.10 s a photo in a 60-photo job on the 2-core CPU (docs/benchmarks.md)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 CONTENT_LAYER = "relu4_1"
 
