@@ -11,7 +11,8 @@
 
 Failures are ``StorageError``; those that are the machine's or the store's and not the object's
 (``machine_fault``: no space left, a quota, a read-only or refused output, credentials refused) are
-``MachineError``, so a batch job stops instead of recording them as bad photos. Reading a *source*
+``MachineError``, so a batch job stops instead of recording them as bad photos (an unreachable store
+too, once the client's own retries are spent). Reading a *source*
 is judged more narrowly: a source that is missing or refused for itself (a local file without read
 permission, S3's 403 AccessDenied, which is also what a missing key looks like without ListBucket)
 is that photo's failure; only credentials refused for the whole store are the machine's.
@@ -67,6 +68,10 @@ _CREDENTIAL_ERRORS = frozenset(
         "RefreshError",
     }
 )
+# the store not reachable at all once the client's own retries are spent (botocore's, by name); a read that
+# times out half-way is not here: it is transient, and the shard is tried again
+_UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ProxyConnectionError"})
+_TRANSIENT = frozenset({"ReadTimeoutError", "ConnectionClosedError", "IncompleteReadError"})  # botocore's
 _REFUSED_CODES = frozenset(
     {
         "InvalidAccessKeyId",
@@ -210,8 +215,8 @@ def credentials_refused(exc: BaseException) -> bool:
 def machine_fault(exc: BaseException, *, source: bool = False) -> bool:
     """Whether ``exc`` from the store is the machine's or the store's fault rather than the object's. Under an
     output every refusal is (``PermissionError`` is how s3fs reports a 403); reading a ``source`` only
-    credentials refused for the whole store are (see the module's notes)."""
-    if credentials_refused(exc):
+    credentials refused for the whole store, or a store that cannot be reached, are (see the module's notes)."""
+    if credentials_refused(exc) or type(exc).__name__ in _UNREACHABLE or isinstance(exc, ConnectionRefusedError):
         return True
     if source or not isinstance(exc, OSError):
         return False
@@ -223,7 +228,7 @@ def _failure(what: str, exc: Exception, *, source: bool = False) -> Exception:
     ``StorageError`` for other store errors, ``exc`` itself for anything else (a bug keeps its traceback)."""
     if machine_fault(exc, source=source):
         return MachineError(f"{what}: {type(exc).__name__}: {exc}")
-    if isinstance(exc, (OSError, ValueError)):
+    if isinstance(exc, (OSError, ValueError)) or type(exc).__name__ in _TRANSIENT:
         return StorageError(f"{what}: {type(exc).__name__}: {exc}")
     return exc
 

@@ -105,12 +105,18 @@ class NoCredentialsError(Exception):
     """botocore's, by name (it is not a dependency)."""
 
 
+class EndpointConnectionError(Exception):
+    """botocore's: the store cannot be reached (after s3fs's own retries)."""
+
+
 def test_machine_faults_are_told_from_the_photos() -> None:
     assert machine_fault(OSError(errno.ENOSPC, "No space left on device"))
     assert machine_fault(OSError(errno.EROFS, "Read-only file system"))
     assert machine_fault(PermissionError(errno.EACCES, "Permission denied"))
     assert machine_fault(_permission("AccessDenied"))  # a refused write to the output
     assert machine_fault(NoCredentialsError("Unable to locate credentials"))
+    assert machine_fault(EndpointConnectionError("Could not connect to the endpoint URL"))
+    assert machine_fault(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), source=True)
     assert not machine_fault(OSError(errno.EIO, "I/O error"))  # transient: the shard is retried
     # reading a source: only credentials refused for the whole store are the machine's
     assert machine_fault(_permission("InvalidAccessKeyId"), source=True)
