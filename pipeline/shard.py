@@ -334,6 +334,8 @@ class ShardWorker:
         """A call that raises is split until only the culprit fails."""
         try:
             self._call(items, call)
+        except MachineError:
+            raise  # a style image refused for credentials: the machine's, not these photos'
         except Exception as exc:  # noqa: BLE001
             if len(items) == 1:
                 stage, cause = (exc.stage, exc.cause) if isinstance(exc, StageError) else ("stylize", exc)
