@@ -104,6 +104,33 @@ def test_a_segment_follows_the_shards_crash_rule(folder: Path, tmp_path: Path) -
     assert (marker["error_kind"], marker["failed_stage"]) == ("WorkerCrashed", "stylize")
 
 
+def test_a_segment_whose_store_fails_raises_and_is_not_counted_as_a_crash(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import MachineError
+
+    manifest = tmp_path / "m.parquet"
+    build_manifest(str(folder / "in"), str(manifest))
+    info = inspect_manifest(str(manifest))
+    row = [r for r, n in info.videos if n == N][0]
+    out = tmp_path / "out"
+    make_plan(Storage(str(out)), info, 100, segment_frames=SEGMENT)
+    worker = ShardWorker(config(manifest, out, shard_rows=100, max_retries=0))
+
+    def full(key: str, local_path: str) -> str:
+        raise MachineError(f"cannot write {key}: OSError: [Errno 28] No space left on device")
+
+    try:
+        monkeypatch.setattr(worker.storage, "put_file", full)
+        with pytest.raises(MachineError, match="No space left"):
+            worker.run_segment(row, 0, 0, 16)
+        monkeypatch.undo()
+        assert not (out / layout.segment_key(row, 0, "json")).exists()  # no marker: not the segment's fault
+        assert worker.run_segment(row, 0, 0, 16)["error"] == ""  # with max_retries=0 it is still tried
+    finally:
+        worker.close()
+
+
 def test_a_shard_with_photos_long_and_bad_videos(folder: Path, tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
