@@ -117,7 +117,11 @@ class JobConfig(BaseModel):
     )
     metrics: bool = Field(True, description="Compute per-image quality metrics (costs a VGG pass).")
     max_retries: int = Field(
-        2, ge=0, le=100, description="Retries of a failed batch before its rows are marked failed."
+        2,
+        ge=0,
+        le=100,
+        description="Worker crashes (segfault, OOM kill) an image or video segment may cause and still be tried "
+        "again; one more makes it a failed row (0: tried once).",
     )
     allowed_schemes: list[str] = Field(
         default_factory=lambda: sorted(ALLOWED_SCHEMES),
@@ -126,7 +130,9 @@ class JobConfig(BaseModel):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://minio:9000} for S3."
     )
-    seed: int = Field(0, ge=0, description="Seed for anything random in the job (sampling, tie-breaks).")
+    seed: int = Field(
+        0, ge=0, description="Seed of torch's RNG in each worker and of optimisation methods' noise (gatys init=noise)."
+    )
     # re-running over an output that already holds results (pipeline.plan, pipeline.shard)
     rerun: Literal["new", "failed", "all"] = Field(
         "new",

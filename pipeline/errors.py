@@ -63,6 +63,12 @@ class MachineError(StorageError):
     exit_code = 6
 
 
+class WorkerCrashed(StylizeError):
+    """An input that crashed the worker more times than ``max_retries`` allows (a failed row, never raised)."""
+
+    exit_code = 1
+
+
 class LeaseError(StylizeError):
     """Another run holds this output's lease (one run at a time per output)."""
 
@@ -73,3 +79,8 @@ class JobError(StylizeError):
     """A batch or training job failed to start or finish."""
 
     exit_code = 7
+
+
+def describe(exc: BaseException) -> str:
+    """A failed row's reason: our errors as they read, anything else with its type."""
+    return str(exc) if isinstance(exc, StylizeError) else f"{type(exc).__name__}: {exc}"

@@ -53,3 +53,9 @@ def segment_prefix(row: int) -> str:
 def segment_key(row: int, segment: int, ext: str) -> str:
     """``seg-NNNNN.mp4`` (the video), ``.json`` (its commit marker: stats or error), ``.claim`` (in progress)."""
     return f"{segment_prefix(row)}seg-{segment:05d}.{ext}"
+
+
+def relative_key(root_uri: str, uri: str) -> str:
+    """The key of ``uri`` under the output ``root_uri`` (rows record outputs as full URIs)."""
+    root = root_uri.rstrip("/")
+    return uri[len(root) :].lstrip("/") if uri.startswith(root) else uri

@@ -23,7 +23,7 @@ import platform
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,7 +34,7 @@ from pipeline.models.base import Style
 
 GRAM_CACHE = 64  # style specs whose Gram matrices are kept (dataset generation samples from thousands)
 COLOUR_SAMPLE = 1 << 17  # pixels, at least, that colour_distance's statistics are taken over
-QUALITY_SIDE = 128  # px, longer side: 0.08 s a photo in a job on the 2-core CPU (docs/benchmarks.md)
+QUALITY_SIDE = 128  # px, longer side: 0.10 s a photo in a 60-photo job on the 2-core CPU (docs/benchmarks.md)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 CONTENT_LAYER = "relu4_1"
 
@@ -46,6 +46,8 @@ METRICS_SCHEMA = pa.schema(
         ("row", pa.int64()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("error_kind", pa.string()),  # a failed row's exception class (null when ok)
+        ("failed_stage", pa.string()),  # where it failed: one of STAGES (null when ok)
         ("output_uri", pa.string()),
         ("width", pa.int64()),
         ("height", pa.int64()),
@@ -75,6 +77,9 @@ METRICS_SCHEMA = pa.schema(
 )
 COLUMNS = tuple(METRICS_SCHEMA.names)
 QUALITY_COLUMNS = ("style_distance", "content_distance", "colour_distance")
+Stage = Literal["read", "decode", "stylize", "encode", "write", "metrics"]
+STAGES: tuple[str, ...] = get_args(Stage)
+MAX_KINDS = 20  # failure kinds counted by name in _SUCCESS; the rest are summed as "other"
 
 
 def _clean(value: Any, typ: pa.DataType) -> Any:
@@ -233,10 +238,16 @@ SUMMARY_KEY = b"stylize.shard_summary"
 
 def shard_summary(rows: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """What a shard's metrics file carries in its footer: counts and sums, so the driver reads no rows."""
+    kinds: dict[str, int] = {}
+    for r in rows:
+        if r.get("status") != "ok":
+            kind = r.get("error_kind") or "unknown"
+            kinds[kind] = kinds.get(kind, 0) + 1
     out: dict[str, Any] = {
         "rows": len(rows),
         "ok": sum(r.get("status") == "ok" for r in rows),
         "failed": sum(r.get("status") != "ok" for r in rows),
+        "failures_by_kind": kinds,
     }
     for col in SUMMED:
         vals = [float(r[col]) for r in rows if r.get(col) is not None and float(r[col]) == float(r[col])]
@@ -262,6 +273,25 @@ def read_shard_summary(storage: Any, key: str) -> dict[str, Any]:
         return shard_summary(pf.read().to_pylist())
 
 
+def failures_by_kind(shards: Sequence[dict[str, Any]], cap: int = MAX_KINDS) -> dict[str, int]:
+    """Failed rows per ``error_kind`` over the shard summaries, most frequent first: the ``cap`` most frequent
+    kinds by name, the rest summed as "other" (so the document stays small whatever the job met). Shards
+    committed before kinds were recorded count their failures as "unknown"."""
+    total: dict[str, int] = {}
+    for s in shards:
+        kinds = s.get("failures_by_kind")
+        if kinds is None:
+            kinds = {"unknown": int(s.get("failed", 0))} if int(s.get("failed", 0)) else {}
+        for kind, n in kinds.items():
+            total[kind] = total.get(kind, 0) + int(n)
+    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = dict(ranked[:cap])
+    rest = sum(n for _, n in ranked[cap:])
+    if rest:
+        out["other"] = out.get("other", 0) + rest
+    return out
+
+
 def summarize(
     shards: Sequence[dict[str, Any]],
     *,
@@ -275,6 +305,7 @@ def summarize(
         "rows": sum(int(s["rows"]) for s in shards),
         "ok": sum(int(s["ok"]) for s in shards),
         "failed": sum(int(s["failed"]) for s in shards),
+        "failures_by_kind": failures_by_kind(shards),
         "processed_this_run": processed,
         "wall_seconds": round(wall_seconds, 3),
         "images_per_second": round(processed / wall_seconds, 4) if wall_seconds > 0 else None,

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import layout
+
 STRIP_FRAMES = 6
 STRIP_HEIGHT = 90  # px per row
 MAX_VIDEOS = 12
@@ -69,19 +71,17 @@ def _num(v: Any, fmt: str) -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and v == v else "n/a"
 
 
-def section(storage: Any, rows: list[dict[str, Any]], config: dict[str, Any], total: int) -> str:
-    """HTML for up to ``MAX_VIDEOS`` ok video rows (``total`` is how many there are)."""
-    from pipeline.report import storage_key
-
+def section(storage: Any, rows: list[dict[str, Any]], options: dict[str, Any] | None, total: int) -> str:
+    """HTML for up to ``MAX_VIDEOS`` ok video rows (``total`` is how many there are); sources are read with
+    ``options`` (the caller's, ``report_images.source_options``)."""
     if not total:
         return ""
-    options = config.get("storage_options") or None
     cells = []
     for r in rows[:MAX_VIDEOS]:
         try:
             with (
                 _local(r["source_uri"], options) as src,
-                _local(storage_key(storage, r["output_uri"]), None, storage) as out,
+                _local(layout.relative_key(storage.root_uri, r["output_uri"]), None, storage) as out,
             ):
                 strip = "data:image/png;base64," + base64.b64encode(frame_strip(src, out)).decode()
             picture = f'<img class="strip" src="{strip}" alt="frames of {html.escape(r["image_id"])}">'

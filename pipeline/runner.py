@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline import layout
 from pipeline.config import JobConfig
-from pipeline.errors import JobError, WeightsError
+from pipeline.errors import JobError, MachineError, WeightsError
 from pipeline.plan import Plan, committed_shards, inspect_manifest, make_plan
 from pipeline.storage import Storage
 
@@ -169,6 +169,8 @@ def _execute(config: JobConfig, plan: Plan, state: dict[str, Any], progress: Pro
         except TimeoutError:
             summary = None
         except ray.exceptions.RayError as exc:
+            if isinstance(getattr(exc, "cause", None), MachineError):  # the machine's fault: its own one line
+                raise MachineError(str(exc.cause)) from None
             raise JobError(f"a shard failed: {str(exc).splitlines()[0][:300]}") from None
         if summary is not None and summary.get("segment"):
             summary = None  # a segment: its video's row is counted when its shard commits

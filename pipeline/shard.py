@@ -7,12 +7,20 @@ that runs ahead of the model, groups the decoded images into model calls that fi
 metrics Parquet atomically. That file is the shard's commit marker; the caller receives only
 its small summary.
 
-Every row ends as exactly one metrics row, ``ok`` or ``failed`` with a one-line reason: a bad
-input never raises. Crashes (a segfault or OOM kill in a native library) are bounded by one
-marker per shard attempt, ``_attempts/shard-N.json``. A first attempt writes it, works at full
-speed and deletes it after the commit. If a process dies, the retried task finds the marker and
-goes one image at a time, naming each image in the marker before touching it; an image that was
-the suspect of ``max_retries`` crashes becomes a failed row instead of being tried again.
+Every row ends as exactly one metrics row, ``ok`` or ``failed`` with a one-line reason, the
+exception's class (``error_kind``) and the stage it failed in (``failed_stage``): a bad input never
+raises. Only what belongs to the photo fails a row (its source is missing or unreadable, it does not
+decode, it is too large, the model or the encoder fails on it). A fault of the machine or the store
+(``MachineError``: no space left, permission or credentials refused) and any other storage error
+while writing outputs or the commit escape ``run``: the shard does not commit, no row is failed for
+them, and the attempt marker is left as it was, so no image is blamed for them.
+
+Crashes (a segfault or OOM kill in a native library) are bounded by one marker per shard attempt,
+``_attempts/shard-N.json``. A first attempt writes it, works at full speed and deletes it after the
+commit. If a process dies, the retried task finds the marker and goes one image at a time, naming
+each image in the marker before touching it; an image that was the suspect of more than
+``max_retries`` crashes becomes a failed row instead of being tried again (``pipeline.crashes``, the
+rule video segments follow too).
 """
 
 from __future__ import annotations
@@ -35,25 +43,31 @@ from pipeline import layout, video_job
 from pipeline.batching import Call, plan_calls
 from pipeline.codec import decode_image, encode_image, fit, to_array, to_arrays, to_tensor
 from pipeline.config import JobConfig
+from pipeline.crashes import crash_limit
 from pipeline.devices import resolve_device
-from pipeline.errors import InputError, StorageError, StylizeError
+from pipeline.errors import InputError, MachineError, StorageError, StylizeError, describe
 from pipeline.media.video import is_video
-from pipeline.metrics import QualityScorer, shard_file, shard_summary
+from pipeline.metrics import QualityScorer, Stage, shard_file, shard_summary
 from pipeline.models.base import Style
 from pipeline.models.controls import resize, stylize, stylize_each
 from pipeline.models.engines import load_stylizer
 from pipeline.raysession import import_plugins
 from pipeline.storage import Storage, read_source
 from pipeline.styles import assign_styles, parse_style_spec
+from pipeline.temporal import FrameStylizer
+from pipeline.video_render import frame_stylizer
 
 Row = dict[str, Any]
 STYLE_CACHE = 64  # parsed (and decoded) style specs kept per actor
 WINDOW_PIXELS = 48_000_000  # decoded pixels grouped at once (float32 RGB: ~580 MB); bounds memory on huge photos
 
 
-def describe(exc: BaseException) -> str:
-    """A failed row's reason: our errors as they read, anything else with its type."""
-    return str(exc) if isinstance(exc, StylizeError) else f"{type(exc).__name__}: {exc}"
+class StageError(Exception):
+    """``cause`` met in ``stage`` of a model call, so the row that fails for it names the stage."""
+
+    def __init__(self, stage: Stage, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.stage, self.cause = stage, cause
 
 
 @dataclass
@@ -69,9 +83,14 @@ class Item:
     def ok(self) -> bool:
         return self.row["status"] == "ok"
 
-    def fail(self, error: str) -> None:
-        self.row["status"] = "failed"
-        self.row["error"] = " ".join(str(error).split())[:500] or "failed"
+    def fail(self, exc: BaseException, stage: Stage) -> None:
+        """Fail the row for ``exc`` met in ``stage``: its reason, kind (the exception's class) and stage."""
+        self.row.update(
+            status="failed",
+            error=" ".join(describe(exc).split())[:500] or "failed",
+            error_kind=type(exc).__name__,
+            failed_stage=stage,
+        )
         self.pixels = self.mask = None
 
 
@@ -85,6 +104,8 @@ def start_row(image_id: str, uri: str, shard: int, row: int, style: str, stylize
         "stylizer": stylizer,
         "status": "ok",
         "error": "",
+        "error_kind": "",
+        "failed_stage": "",
         "output_uri": "",
         "note": "",
         "media_type": "image",  # a video row becomes "video" in pipeline.video_job
@@ -100,6 +121,11 @@ class ShardWorker:
         import_plugins()
         self.config = config
         self.device = resolve_device(config.device)
+        # the job's seed, as `stylize image --seed` uses it: torch's RNG, and the noise of optimisation methods
+        torch.manual_seed(config.seed)
+        import pipeline.models as models
+
+        options = {} if models.get_card(config.stylizer).feed_forward else {"seed": config.seed}
         self.model = load_stylizer(
             config.stylizer,
             device=self.device,
@@ -107,6 +133,7 @@ class ShardWorker:
             weights=config.weights,
             encoder_weights=config.encoder_weights,
             threads=threads,
+            **options,
         )
         self.scorer = QualityScorer.load(config.encoder_weights, device=self.device) if config.metrics else None
         self.storage = Storage(config.output, config.storage_options or None)
@@ -118,6 +145,7 @@ class ShardWorker:
         self.calls = 0
         self.images_in_calls = 0
         self.progress = (-1, 0, 0)  # (shard, rows done, rows failed) of the shard running now
+        self.videos = video_job.VideoShard(config, self.storage, self._frames, self._open_manifest, self._source)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -127,11 +155,7 @@ class ShardWorker:
 
     def read_rows(self, start: int, count: int) -> pa.Table:
         """Rows ``start .. start+count`` of the manifest, only the columns this job reads."""
-        from pipeline.manifest import open_manifest
-
-        if self._manifest is None:
-            self._manifest = open_manifest(self.config.manifest, self.config.storage_options or None)
-        pf = self._manifest  # its columns were checked when the job was planned
+        pf = self._open_manifest()  # its columns were checked when the job was planned
         pieces, first = [], 0
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -142,6 +166,29 @@ class ShardWorker:
                 pieces.append(self._group[1].slice(lo - first, hi - lo))
             first += n
         return pa.concat_tables(pieces) if pieces else pa.table({c: pa.array([], pa.string()) for c in self._columns()})
+
+    def _open_manifest(self) -> Any:
+        from pipeline.manifest import open_manifest
+
+        if self._manifest is None:
+            self._manifest = open_manifest(self.config.manifest, self.config.storage_options or None)
+        return self._manifest
+
+    def _source(self, row: int) -> tuple[str, str, str]:
+        """Manifest row ``row`` as (image_id, uri, style spec): what a video segment needs to run."""
+        item = self._items(row // max(1, self.config.shard_rows), row, 1)[0]
+        return item.row["image_id"], item.row["source_uri"], item.row["style"]
+
+    def _frames(self, spec: str) -> FrameStylizer:
+        config = self.config
+        return frame_stylizer(
+            self.model,
+            self.styles(spec),
+            alpha=config.alpha,
+            preserve_color=config.preserve_color,
+            tile_pixels=config.tile_pixels,
+            style_scale=config.style_scale,
+        )
 
     def styles(self, spec: str) -> list[Style]:
         """Parse a spec once (the last ``STYLE_CACHE`` specs are kept: dataset generation samples from
@@ -184,26 +231,41 @@ class ShardWorker:
         from pipeline.manifest import row_problem
 
         t0 = time.perf_counter()
+        stage: Stage = "read"
         try:
             problem = row_problem(item.row["image_id"], item.row["source_uri"], self.config.allowed_schemes)
             if problem:
                 raise InputError(problem)
-            decoded = decode_image(self._read(item.row["source_uri"]))
+            data = self._read(item.row["source_uri"])
+            mask_data = self._read(item.row["mask_uri"]) if item.row.get("mask_uri") else None
+            stage = "decode"
+            decoded = decode_image(data)
             item.row.update(width=decoded.width, height=decoded.height, note=decoded.note or "")
             pixels = torch.from_numpy(fit(decoded.array, self.config.max_side)).permute(2, 0, 1).unsqueeze(0)
-            if item.row.get("mask_uri"):
-                mask = to_tensor(decode_image(self._read(item.row["mask_uri"])).array).mean(1, keepdim=True)
+            if mask_data is not None:
+                mask = to_tensor(decode_image(mask_data).array).mean(1, keepdim=True)
                 item.mask = F.interpolate(mask, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
             item.pixels = pixels
+        except MachineError:
+            raise  # credentials refused for the whole store: no photo's fault (pipeline.storage)
         except Exception as exc:  # noqa: BLE001 - a bad input is a failed row, never a failed job
-            item.fail(describe(exc))
+            item.fail(exc, stage)
         item.row["seconds_decode"] = time.perf_counter() - t0
         return item
 
     def _write(self, item: Item, array: Any) -> str:
+        """Encode and store one output (in a pool thread). A photo the encoder refuses, or whose id makes no
+        key, raises ``StageError``; a storage error escapes as it is (not the photo's: see ``run``)."""
         t0 = time.perf_counter()
-        data = encode_image(array, self.config.format, self.config.quality, self.config.png_level)
-        uri = self.storage.put(layout.output_key(item.row["image_id"], self.config.format), data)
+        try:
+            key = layout.output_key(item.row["image_id"], self.config.format)
+        except Exception as exc:  # noqa: BLE001
+            raise StageError("write", exc) from exc
+        try:
+            data = encode_image(array, self.config.format, self.config.quality, self.config.png_level)
+        except Exception as exc:  # noqa: BLE001
+            raise StageError("encode", exc) from exc
+        uri = self.storage.put(key, data)
         item.row["seconds_encode"] = time.perf_counter() - t0
         item.row["finished_at"] = time.time()
         return uri
@@ -251,7 +313,10 @@ class ShardWorker:
         t1 = time.perf_counter()
         scores = None
         if self.scorer is not None:
-            scores = self.scorer.score_batch(out, batch.float(), [it.row["style"] for it in items], styles)
+            try:
+                scores = self.scorer.score_batch(out, batch.float(), [it.row["style"] for it in items], styles)
+            except Exception as exc:  # noqa: BLE001
+                raise StageError("metrics", exc) from exc
         t2 = time.perf_counter()
         at_size = to_arrays(out) if all(tuple(it.pixels.shape[-2:]) == size for it in items) else None
         for i, item in enumerate(items):
@@ -271,9 +336,12 @@ class ShardWorker:
         """A call that raises is split until only the culprit fails."""
         try:
             self._call(items, call)
+        except MachineError:
+            raise  # a style image refused for credentials: the machine's, not these photos'
         except Exception as exc:  # noqa: BLE001
             if len(items) == 1:
-                items[0].fail(describe(exc))
+                stage, cause = (exc.stage, exc.cause) if isinstance(exc, StageError) else ("stylize", exc)
+                items[0].fail(cause, stage)
                 return
             for item in items:
                 if item.ok and item.output is None and item.pixels is not None:
@@ -331,22 +399,22 @@ class ShardWorker:
                 h, w = item.pixels.shape[-2:]
                 self._stylize([item], Call((0,), int(h), int(w)))
             if item.output is not None:
-                item.output.result()  # the write is part of what may crash
+                _settle(item)  # the write is part of what may crash
             self._report(item.row["shard"], items)
 
     def _videos_carefully(self, items: list[Item], marker: dict[str, Any]) -> None:
         """After a crash: each video named in the marker before it runs; a repeat culprit fails."""
         for item in items:
             if self._suspect(item, marker):
-                video_job.process_row(self, item)
+                video_job.process_row(self.videos, item)
 
     def _suspect(self, item: Item, marker: dict[str, Any]) -> bool:
         """Name ``item`` in the shard's marker before it is touched (True), or fail it (False) once it has
-        crashed the worker ``max_retries`` times."""
+        crashed the worker more than ``max_retries`` times."""
         image_id = item.row["image_id"]
-        crashes = marker.setdefault("crashes", {}).get(image_id, 0)
-        if crashes >= self.config.max_retries:
-            item.fail(f"crashed the worker {crashes} times; gave up (max_retries={self.config.max_retries})")
+        gave_up = crash_limit(marker.setdefault("crashes", {}).get(image_id, 0), self.config.max_retries)
+        if gave_up is not None:
+            item.fail(gave_up, "stylize")  # the crash struck somewhere in its one-image pass; stylize is likeliest
             return False
         marker["suspect"] = image_id
         self.storage.put(marker["key"], json.dumps(marker).encode())
@@ -354,7 +422,7 @@ class ShardWorker:
 
     def run_segment(self, row: int, index: int, start: int, stop: int | None) -> dict[str, Any]:
         """One segment of a long video (a work unit of the plan); see ``pipeline.video_job``."""
-        return video_job.segment_task(self, row, index, start, stop)
+        return video_job.segment_task(self.videos, row, index, start, stop)
 
     # --- the shard -----------------------------------------------------------------------------
 
@@ -382,22 +450,29 @@ class ShardWorker:
         videos = [it for it in items if is_video(it.row["source_uri"])]  # pipeline.video_job, after the photos
         photos = [it for it in items if not is_video(it.row["source_uri"])] if videos else items
         marker = self._marker(shard)
-        if marker is None:
-            self.storage.put(layout.attempt_key(shard), json.dumps({"attempt": 1}).encode())
-            self._process(photos)
-            for item in videos:
-                video_job.process_row(self, item)
-        else:
-            marker["attempt"] = int(marker.get("attempt", 1)) + 1
-            self._process_carefully(photos, marker)
-            self._videos_carefully(videos, marker)
-        for item in items:
-            if item.output is not None:
-                try:
-                    item.row["output_uri"] = item.output.result()
-                except Exception as exc:  # noqa: BLE001
-                    item.fail(describe(exc))
-            item.row.setdefault("finished_at", time.time())
+        try:
+            if marker is None:
+                self.storage.put(layout.attempt_key(shard), json.dumps({"attempt": 1}).encode())
+                self._process(photos)
+                for item in videos:
+                    video_job.process_row(self.videos, item)
+            else:
+                marker["attempt"] = int(marker.get("attempt", 1)) + 1
+                self._process_carefully(photos, marker)
+                self._videos_carefully(videos, marker)
+            for item in items:
+                if item.output is not None:
+                    _settle(item)
+                item.row.setdefault("finished_at", time.time())
+            summary = self._commit(shard, items, t0)
+        except StorageError:
+            self._give_back(items, marker, shard)
+            raise
+        with contextlib.suppress(StorageError):  # a leftover marker is harmless: committed shards are skipped
+            self.storage.delete(layout.attempt_key(shard))
+        return summary
+
+    def _commit(self, shard: int, items: list[Item], t0: float) -> dict[str, Any]:
         rows = [it.row for it in items]
         summary = shard_summary(
             rows,
@@ -408,12 +483,36 @@ class ShardWorker:
             pid=os.getpid(),
         )
         self.storage.put(layout.shard_key(shard), shard_file(rows, summary))
-        with contextlib.suppress(StorageError):  # a leftover marker is harmless: committed shards are skipped
-            self.storage.delete(layout.attempt_key(shard))
         return summary
+
+    def _give_back(self, items: list[Item], marker: dict[str, Any] | None, shard: int) -> None:
+        """A storage error ends this attempt (no commit): let the writes in flight finish, so none lands after
+        the shard is given up, and take this attempt out of the marker (no image is blamed for the store's
+        error; a first attempt's retry runs at full speed again)."""
+        for item in items:
+            if item.output is not None:
+                with contextlib.suppress(Exception):
+                    item.output.result()
+        with contextlib.suppress(StorageError):  # the store may be what failed; the marker is a best effort
+            if marker is None:
+                self.storage.delete(layout.attempt_key(shard))
+            else:
+                marker.pop("suspect", None)
+                marker["attempt"] -= 1
+                self.storage.put(marker["key"], json.dumps(marker).encode())
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def _settle(item: Item) -> None:
+    """Wait for ``item``'s write: its URI goes on the row, a photo's fault fails the row, a storage error
+    raises (``run`` gives the shard up)."""
+    assert item.output is not None
+    try:
+        item.row["output_uri"] = item.output.result()
+    except StageError as exc:
+        item.fail(exc.cause, exc.stage)
 
 
 def _expand_masks(masks: torch.Tensor, inside: list[Style], outside: list[Style]) -> torch.Tensor:
@@ -427,4 +526,4 @@ def _expand_masks(masks: torch.Tensor, inside: list[Style], outside: list[Style]
     return torch.cat(parts, 1)
 
 
-__all__ = ["Item", "ShardWorker", "describe"]
+__all__ = ["Item", "ShardWorker"]

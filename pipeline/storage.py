@@ -11,6 +11,14 @@
 * ``local_copy(fs, path)`` is the one way to hand a library that wants a file path (PyAV) an object:
   the path itself when local, else a temp copy removed afterwards.
 
+Failures are ``StorageError``; those that are the machine's or the store's and not the object's
+(``machine_fault``: no space left, a quota, a read-only or refused output, credentials refused) are
+``MachineError``, so a batch job stops instead of recording them as bad photos (an unreachable store
+too, once the client's own retries are spent). Reading a *source*
+is judged more narrowly: a source that is missing or refused for itself (a local file without read
+permission, S3's 403 AccessDenied, which is also what a missing key looks like without ListBucket)
+is that photo's failure; only credentials refused for the whole store are the machine's.
+
 S3 endpoints (MinIO, tests): ``storage_options={"endpoint_url": ...}`` or the environment
 variable ``STYLIZE_S3_ENDPOINT`` (then ``AWS_ENDPOINT_URL``). Credentials come from the usual
 AWS variables / profiles; nothing here reads them.
@@ -19,6 +27,7 @@ AWS variables / profiles; nothing here reads them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -30,7 +39,7 @@ from typing import Any
 import fsspec
 from fsspec.core import split_protocol
 
-from pipeline.errors import StorageError
+from pipeline.errors import MachineError, StorageError
 
 # "" is a plain local path. http(s), ftp, memory, data... must be allowed explicitly.
 ALLOWED_SCHEMES: frozenset[str] = frozenset({"file", "s3", "gs", "gcs", ""})
@@ -44,6 +53,38 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 MAX_KEY_BYTES = 1024  # S3's limit
 MAX_SEGMENT_BYTES = 255  # most local filesystems' limit
+
+# a full disk, a quota, a read-only or refused output: the machine's fault, whatever was being written
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+# the store refusing who we are (not what we asked for): botocore's and google-auth's credential errors by
+# name (neither is a dependency), and the S3 error codes that s3fs turns into a PermissionError
+_CREDENTIAL_ERRORS = frozenset(
+    {
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "CredentialRetrievalError",
+        "NoAuthTokenError",
+        "TokenRetrievalError",
+        "UnauthorizedSSOTokenError",
+        "DefaultCredentialsError",
+        "RefreshError",
+    }
+)
+# the store not reachable at all once the client's own retries are spent (botocore's, by name); a read that
+# times out half-way is not here: it is transient, and the shard is tried again
+_UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ProxyConnectionError"})
+_TRANSIENT = frozenset({"ReadTimeoutError", "ConnectionClosedError", "IncompleteReadError"})  # botocore's
+_REFUSED_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "AllAccessDisabled",
+    }
+)
 
 
 def schemes_of(uri: str) -> list[str]:
@@ -155,8 +196,43 @@ def read_source(
         raise StorageError(f"not found: {uri}") from None
     except IsADirectoryError:
         raise StorageError(f"is a directory: {uri}") from None
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot read {uri}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - sorted by _failure
+        raise _failure(f"cannot read {uri}", exc, source=True) from None
+
+
+def credentials_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says the store refused our credentials."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is None:
+            continue
+        if type(e).__name__ in _CREDENTIAL_ERRORS:
+            return True
+        response = getattr(e, "response", None)
+        code = (response.get("Error") or {}).get("Code") if isinstance(response, dict) else None
+        if code in _REFUSED_CODES:
+            return True
+    return False
+
+
+def machine_fault(exc: BaseException, *, source: bool = False) -> bool:
+    """Whether ``exc`` from the store is the machine's or the store's fault rather than the object's. Under an
+    output every refusal is (``PermissionError`` is how s3fs reports a 403); reading a ``source`` only
+    credentials refused for the whole store, or a store that cannot be reached, are (see the module's notes)."""
+    if credentials_refused(exc) or type(exc).__name__ in _UNREACHABLE or isinstance(exc, ConnectionRefusedError):
+        return True
+    if source or not isinstance(exc, OSError):
+        return False
+    return isinstance(exc, PermissionError) or exc.errno in _MACHINE_ERRNOS
+
+
+def _failure(what: str, exc: Exception, *, source: bool = False) -> Exception:
+    """The error to raise for ``exc`` met while doing ``what``: ``MachineError`` for the machine's faults,
+    ``StorageError`` for other store errors, ``exc`` itself for anything else (a bug keeps its traceback)."""
+    if machine_fault(exc, source=source):
+        return MachineError(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (OSError, ValueError)) or type(exc).__name__ in _TRANSIENT:
+        return StorageError(f"{what}: {type(exc).__name__}: {exc}")
+    return exc
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -221,8 +297,8 @@ class Storage:
                 self.fs.put_file(local_path, path)
             else:
                 self.fs.pipe_file(path, data)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot write {self.uri(key)}", exc) from None
         return self.uri(key)
 
     def get_file(self, key: str, local_path: str) -> None:
@@ -231,8 +307,8 @@ class Storage:
             self.fs.get_file(self._path(key), local_path)
         except FileNotFoundError:
             raise StorageError(f"not found: {self.uri(key)}") from None
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot read {self.uri(key)}", exc) from None
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -240,8 +316,8 @@ class Storage:
             return self.fs.cat_file(path)
         except FileNotFoundError:
             raise StorageError(f"not found: {self.uri(key)}") from None
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot read {self.uri(key)}", exc) from None
 
     def open(self, key: str) -> Any:
         """``key`` as a binary file object for range reads (a Parquet footer without the rows)."""
@@ -249,8 +325,8 @@ class Storage:
             return self.fs.open(self._path(key), "rb")
         except FileNotFoundError:
             raise StorageError(f"not found: {self.uri(key)}") from None
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot read {self.uri(key)}", exc) from None
 
     def read_if_exists(self, key: str) -> bytes | None:
         """``get`` in one storage call, None where there is no object."""
@@ -259,8 +335,8 @@ class Storage:
             return self.fs.cat_file(path)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot read {self.uri(key)}", exc) from None
 
     def remove_partial(self, key: str) -> None:
         """Remove what an interrupted ``put`` of ``key`` left behind (local temp files; object stores leave none)."""
@@ -281,8 +357,8 @@ class Storage:
         path = self._path(key)
         try:
             return bool(self.fs.isfile(path))
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot check {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot check {self.uri(key)}", exc) from None
 
     def delete(self, key: str) -> None:
         """Remove one object; a missing one is not an error (deletes are retried)."""
@@ -291,8 +367,8 @@ class Storage:
             self.fs.rm_file(path)
         except FileNotFoundError:
             pass
-        except OSError as exc:
-            raise StorageError(f"cannot delete {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot delete {self.uri(key)}", exc) from None
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys under the root that start with ``prefix`` (a string prefix, not only a folder)."""
@@ -305,8 +381,8 @@ class Storage:
             found = self.fs.find(base)
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot list {self.root_uri}/{folder}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            raise _failure(f"cannot list {self.root_uri}/{folder}", exc) from None
         root = self.root + "/"
         keys = []
         for path in found:

@@ -12,11 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import pipeline.storage
-from pipeline import metrics, report
-from pipeline.bench.report import SCHEMA, bench_report, make_output
+import pipeline.report_images
+from pipeline import metrics, report_data, report_svg
+from pipeline.bench.report import ERRORS, SCHEMA, bench_report, make_output
 from pipeline.cli import app
-from pipeline.report import error_kind, render, svg_bars, svg_line
+from pipeline.report import render
+from pipeline.report_data import message_kind
+from pipeline.report_svg import svg_bars, svg_line
 from pipeline.storage import Storage
 from tests.pipeline_helpers import encode, photo, write_inputs
 
@@ -61,6 +63,8 @@ def small_output(tmp_path: Path) -> Storage:
             "row": 3,
             "status": "failed",
             "error": "not an image: <script>alert(1)</script>",
+            "error_kind": "DecodeError",
+            "failed_stage": "decode",
             "finished_at": 1003.0,
         }
     )
@@ -72,6 +76,8 @@ def small_output(tmp_path: Path) -> Storage:
             "row": 4,
             "status": "failed",
             "error": "scheme 'memory' not allowed (allowed: file, gs, s3)",
+            "error_kind": "<i>InputError</i>",
+            "failed_stage": "read",
             "finished_at": 1004.0,
         }
     )
@@ -105,7 +111,7 @@ def sheet_ids(page: str) -> list[str]:
 def test_synthetic_outputs_keep_the_metrics_contract() -> None:
     contract = {f.name: f.type for f in metrics.METRICS_SCHEMA}
     assert all(contract.get(f.name) == f.type for f in SCHEMA)  # the synthetic shards are real metrics files
-    assert set(report.TIMING_COLUMNS + report.QUALITY_COLUMNS) <= set(contract)
+    assert set(report_data.TIMING_COLUMNS + report_data.QUALITY_COLUMNS) <= set(contract)
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
@@ -117,7 +123,8 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "<script>" not in page and "<b>evil</b>" not in page
     assert "&lt;b&gt;evil&lt;/b&gt;" in page
     failures = page.split("<h2>Failures (2)</h2>")[1].split("<h2>")[0]
-    assert "not allowed" in failures and "broken" in failures
+    assert "not allowed" in failures and "broken" in failures and "DecodeError in decode" in failures
+    assert "&lt;i&gt;InputError&lt;/i&gt; in read" in failures  # the kind is data too: escaped
     assert "batch fill" in page and "0.875" in page  # a _SUCCESS key the report does not know is still shown
     assert "worst #1 by content_distance: 0.7" in page  # p2 has the highest content distance
 
@@ -145,14 +152,14 @@ def test_report_of_an_unfinished_job_with_no_ok_rows(tmp_path: Path) -> None:
     assert "no (_SUCCESS missing)" in page and "<h2>Failures (1)</h2>" in page and sheet_ids(page) == []
 
 
-def test_error_kinds_strip_particulars() -> None:
-    a = error_kind("file not found: /data/x/img-001.jpg")
-    assert a == error_kind("file not found: /other/img-7.jpg") == "file not found: <path>"
-    assert error_kind("cannot read s3://b/k/1.jpg: TimeoutError: read timed out after 3.5 s") == (
+def test_note_kinds_strip_particulars() -> None:
+    a = message_kind("file not found: /data/x/img-001.jpg")
+    assert a == message_kind("file not found: /other/img-7.jpg") == "file not found: <path>"
+    assert message_kind("cannot read s3://b/k/1.jpg: TimeoutError: read timed out after 3.5 s") == (
         "cannot read <uri>: TimeoutError: read timed out after N s"
     )
-    assert error_kind("image too large: 9000x8000 = 72000000 pixels") == "image too large: NxN = N pixels"
-    assert error_kind(None) == "(no reason given)"
+    assert message_kind("image too large: 9000x8000 = 72000000 pixels") == "image too large: NxN = N pixels"
+    assert message_kind(None) == "(no reason given)"
 
 
 def test_svg_plots_scale_points_into_the_box() -> None:
@@ -161,7 +168,7 @@ def test_svg_plots_scale_points_into_the_box() -> None:
     xs = [float(p.split(",")[0]) for p in points]
     ys = [float(p.split(",")[1]) for p in points]
     assert xs == sorted(xs) and ys == sorted(ys, reverse=True)  # up and to the right
-    assert all(0 <= x <= report.PLOT_W for x in xs) and all(0 <= y <= report.PLOT_H for y in ys)
+    assert all(0 <= x <= report_svg.PLOT_W for x in xs) and all(0 <= y <= report_svg.PLOT_H for y in ys)
     bars = svg_bars(["a", "b"], [1.0, 2.0], title="b")
     widths = [float(w) for w in re.findall(r'<rect x="\d+" y="\d+" width="([\d.]+)"', bars)]
     assert widths[1] == 2 * widths[0]
@@ -178,26 +185,22 @@ def test_report_at_100k_rows_is_fast_small_and_counts_failures_by_kind(big: Stor
     assert page.count("<svg") >= 8 and page.count("<rect") < 2_000  # aggregates, not one mark per image
 
     table = pq.read_table(Path(big.root) / "metrics")
-    errors = table.filter(pc.not_equal(table.column("status"), "ok")).column("error").to_pylist()
-    failures = page.split(f"<h2>Failures ({len(errors)})</h2>")[1].split("<h2>")[0]
-    expected = {
-        "file not found: &lt;path&gt;": "file not found",
-        "truncated or corrupt JPEG header (N bytes)": "truncated",
-        "image too large: NxN = N pixels &gt; max_pixels N": "image too large",
-        "crashed the worker N times during stylize; gave up (max_retries=N)": "crashed",
-        "cannot read &lt;uri&gt;: TimeoutError: read timed out after N s": "cannot read s3://",
-    }
+    failed = table.filter(pc.not_equal(table.column("status"), "ok"))
+    recorded = list(
+        zip(failed.column("error_kind").to_pylist(), failed.column("failed_stage").to_pylist(), strict=True)
+    )
+    failures = page.split(f"<h2>Failures ({failed.num_rows})</h2>")[1].split("<h2>")[0]
     rows = re.findall(r"<tr><td>([\d,]+)</td><td>([^<]+)</td>", failures)
-    assert len(rows) == 5  # five kinds, whatever the ids, paths and numbers in the messages
+    assert len(rows) == len(ERRORS)  # grouped by the recorded kind and stage, whatever the messages say
     counts = {kind: int(n.replace(",", "")) for n, kind in rows}
-    for kind, prefix in expected.items():
-        assert counts[kind] == sum(e.startswith(prefix) for e in errors) > 0, kind
-    assert sum(counts.values()) == len(errors)
+    for _, _, kind, stage in ERRORS:
+        assert counts[f"{kind} in {stage}"] == recorded.count((kind, stage)) > 0, kind
+    assert sum(counts.values()) == failed.num_rows
 
 
 def test_sample_is_seeded_and_reads_only_the_shown_images(big: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[str] = []
-    get, read_source = Storage.get, pipeline.storage.read_source
+    get, read_source = Storage.get, pipeline.report_images.read_source
 
     def counting_get(self: Storage, key: str) -> bytes:
         if not key.startswith("metrics/") and key != "_SUCCESS":
@@ -209,7 +212,7 @@ def test_sample_is_seeded_and_reads_only_the_shown_images(big: Storage, monkeypa
         return read_source(uri, *args, **kwargs)
 
     monkeypatch.setattr(Storage, "get", counting_get)
-    monkeypatch.setattr(pipeline.storage, "read_source", counting_read_source)
+    monkeypatch.setattr(pipeline.report_images, "read_source", counting_read_source)
     first = render(big, sample=24, seed=7, worst=8)
     shown = len(set(re.findall(r'<figure id="r(\d+)">', first)))
     assert len(sheet_ids(first)) == 24 and 24 <= shown <= 24 + 8

@@ -119,13 +119,30 @@ def test_after_a_crash_the_shard_goes_image_by_image_and_gives_up_on_the_culprit
     out = tmp_path / "out"
     marker = out / layout.attempt_key(0)
     marker.parent.mkdir(parents=True)
-    # as a crashed process leaves it: "b" was being stylized when the worker died, after one earlier crash
-    marker.write_text(json.dumps({"attempt": 3, "suspect": "b", "crashes": {"b": 1}}))
+    # as a crashed process leaves it: "b" was being stylized when the worker died, after two earlier crashes
+    marker.write_text(json.dumps({"attempt": 4, "suspect": "b", "crashes": {"b": 2}}))
     rows, summary = run_shard(tmp_path, list(paths.items()), max_retries=2, batch_size=4)
     assert [r["status"] for r in rows] == ["ok", "failed"]
-    assert "crashed the worker 2 times" in rows[1]["error"]
+    assert "crashed the worker 3 times" in rows[1]["error"]
+    assert (rows[1]["error_kind"], rows[1]["failed_stage"]) == ("WorkerCrashed", "stylize")
     assert summary["model_calls"] == 1  # careful mode: one image per call, and "b" was never run
     assert not marker.exists()
+
+
+def test_max_retries_counts_crashes_an_image_may_cause_and_still_be_tried(tmp_path: Path) -> None:
+    paths = write_inputs(tmp_path / "in", {"a": encode(photo(seed=1)), "b": encode(photo(seed=2))})
+    marker = tmp_path / "out" / layout.attempt_key(0)
+    marker.parent.mkdir(parents=True)
+    # a retried shard whose first attempt crashed while "b" was the suspect: with 0, "a" is still tried once
+    marker.write_text(json.dumps({"attempt": 1, "suspect": "b"}))
+    rows, summary = run_shard(tmp_path, list(paths.items()), max_retries=0)
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert "crashed the worker 1 times; gave up (max_retries=0)" in rows[1]["error"]
+    assert summary["model_calls"] == 1
+    # the same crash with one retry allowed: "b" is tried again
+    marker.write_text(json.dumps({"attempt": 1, "suspect": "b"}))
+    rows, _ = run_shard(tmp_path, list(paths.items()), max_retries=1, output=tmp_path / "out")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
 
 
 def test_after_a_crash_half_written_outputs_are_removed(tmp_path: Path) -> None:

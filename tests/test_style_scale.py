@@ -299,7 +299,7 @@ def test_the_job_key_reaches_the_batch_worker(tmp_path: Path) -> None:
 
 
 def test_video_frames_use_the_style_scale() -> None:
-    from pipeline.video_job import frame_stylizer
+    from pipeline.video_render import frame_stylizer
 
     frame = (smooth_photo(1024)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     model = Stripes()

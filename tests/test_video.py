@@ -20,7 +20,7 @@ from pipeline.media.video import EncodeOptions, VideoReader, join, probe_video
 from pipeline.models import create
 from pipeline.models.base import Style
 from pipeline.temporal import Temporal, pair_errors, run
-from pipeline.video_job import VideoSettings, frame_stylizer, render
+from pipeline.video_render import VideoSettings, frame_stylizer, render
 from tests import video_helpers as vh
 
 N = 40

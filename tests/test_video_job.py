@@ -80,6 +80,57 @@ def test_plan_cuts_long_videos_and_skips_committed_segments(folder: Path, tmp_pa
     assert cut(0, 16, 16) == [] and len(cut(0, 17, 16)) == 2
 
 
+def test_a_segment_follows_the_shards_crash_rule(folder: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.parquet"
+    build_manifest(str(folder / "in"), str(manifest))
+    info = inspect_manifest(str(manifest))
+    row = [r for r, n in info.videos if n == N][0]
+    out = tmp_path / "out"
+    make_plan(Storage(str(out)), info, 100, segment_frames=SEGMENT)
+    attempts = out / layout.ATTEMPTS_PREFIX
+    attempts.mkdir(parents=True)
+    # segment 1's first attempt crashed the worker (its attempt count was left behind); segment 0 never ran
+    (attempts / f"seg-{row:09d}-00001.json").write_text(json.dumps({"attempt": 1}))
+    worker = ShardWorker(config(manifest, out, shard_rows=100, max_retries=0))
+    try:
+        before = FlickerStylizer.frames
+        first = worker.run_segment(row, 0, 0, 16)
+        assert first["error"] == "" and FlickerStylizer.frames - before == 16  # tried once, with max_retries=0
+        second = worker.run_segment(row, 1, 16, 32)
+    finally:
+        worker.close()
+    assert "crashed the worker 1 times; gave up (max_retries=0)" in second["error"]
+    marker = json.loads((out / layout.segment_key(row, 1, "json")).read_text())
+    assert (marker["error_kind"], marker["failed_stage"]) == ("WorkerCrashed", "stylize")
+
+
+def test_a_segment_whose_store_fails_raises_and_is_not_counted_as_a_crash(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import MachineError
+
+    manifest = tmp_path / "m.parquet"
+    build_manifest(str(folder / "in"), str(manifest))
+    info = inspect_manifest(str(manifest))
+    row = [r for r, n in info.videos if n == N][0]
+    out = tmp_path / "out"
+    make_plan(Storage(str(out)), info, 100, segment_frames=SEGMENT)
+    worker = ShardWorker(config(manifest, out, shard_rows=100, max_retries=0))
+
+    def full(key: str, local_path: str) -> str:
+        raise MachineError(f"cannot write {key}: OSError: [Errno 28] No space left on device")
+
+    try:
+        monkeypatch.setattr(worker.storage, "put_file", full)
+        with pytest.raises(MachineError, match="No space left"):
+            worker.run_segment(row, 0, 0, 16)
+        monkeypatch.undo()
+        assert not (out / layout.segment_key(row, 0, "json")).exists()  # no marker: not the segment's fault
+        assert worker.run_segment(row, 0, 0, 16)["error"] == ""  # with max_retries=0 it is still tried
+    finally:
+        worker.close()
+
+
 def test_a_shard_with_photos_long_and_bad_videos(folder: Path, tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -126,6 +177,7 @@ def test_a_shard_with_photos_long_and_bad_videos(folder: Path, tmp_path: Path) -
     for name, (_, reason) in bad.items():
         r = got[f"bad-{name}.mp4"]
         assert r["status"] == "failed" and reason in r["error"], (name, r["error"])
+        assert r["error_kind"] and r["failed_stage"] in ("read", "decode", "stylize"), (name, r)
     assert not any(p.startswith(("_segments", "_attempts")) for p in files_under(out))
 
 

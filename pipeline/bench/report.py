@@ -27,7 +27,7 @@ SCHEMA = pa.schema(
     [
         *[(c, pa.string()) for c in ("image_id", "source_uri")],
         *[(c, pa.int64()) for c in ("shard", "row")],
-        *[(c, pa.string()) for c in ("status", "error", "output_uri")],
+        *[(c, pa.string()) for c in ("status", "error", "error_kind", "failed_stage", "output_uri")],
         *[(c, pa.int64()) for c in ("width", "height", "out_width", "out_height")],
         *[(c, pa.string()) for c in ("stylizer", "style", "note")],
         *[(c, pa.float64()) for c in ("seconds_decode", "seconds_stylize", "seconds_encode", "seconds_metrics")],
@@ -35,12 +35,12 @@ SCHEMA = pa.schema(
     ]
 )
 
-ERRORS = (  # (weight, template): realistic reasons, with particulars the report must strip into one kind
-    (0.40, "file not found: /data/archive/photos/{id}.jpg"),
-    (0.25, "truncated or corrupt JPEG header ({n} bytes)"),
-    (0.15, "image too large: {w}x{h} = {wh} pixels > max_pixels 50000000"),
-    (0.12, "cannot read s3://archive/photos/{id}.jpg: TimeoutError: read timed out after {s:.1f} s"),
-    (0.08, "crashed the worker 3 times during stylize; gave up (max_retries=2)"),
+ERRORS = (  # (weight, template, error_kind, failed_stage): realistic reasons, kinds and stages
+    (0.40, "not found: /data/archive/photos/{id}.jpg", "StorageError", "read"),
+    (0.25, "truncated or corrupt JPEG header ({n} bytes)", "DecodeError", "decode"),
+    (0.15, "image too large: {w}x{h} = {wh} pixels > max_pixels 50000000", "InputError", "decode"),
+    (0.12, "RuntimeError: CUDA out of memory. Tried to allocate {n} MiB", "RuntimeError", "stylize"),
+    (0.08, "crashed the worker 3 times; gave up (max_retries=2)", "WorkerCrashed", "stylize"),
 )
 SIZES = ((1024, 683), (683, 1024), (1200, 800), (800, 600), (4000, 3000), (640, 480))
 
@@ -143,10 +143,12 @@ def make_output(
     slot = np.arange(rows) % max(len(pool), 1)
     missing = rng.random(rows) < missing_fraction
 
-    kinds = rng.choice(len(ERRORS), size=rows, p=[w for w, _ in ERRORS])
+    kinds = rng.choice(len(ERRORS), size=rows, p=[e[0] for e in ERRORS])
     error: list[str | None] = [None] * rows
+    error_kind: list[str | None] = [None] * rows
+    failed_stage: list[str | None] = [None] * rows
     for i in np.flatnonzero(failed):
-        template = ERRORS[kinds[i]][1]
+        _, template, error_kind[i], failed_stage[i] = ERRORS[kinds[i]]
         w, h = int(width[i]) * 8, int(height[i]) * 8
         error[i] = template.format(id=ids[i], n=int(rng.integers(10, 5000)), w=w, h=h, wh=w * h, s=rng.random() * 60)
 
@@ -165,6 +167,8 @@ def make_output(
         "row": np.arange(rows),
         "status": np.where(failed, "failed", "ok"),
         "error": error,
+        "error_kind": error_kind,
+        "failed_stage": failed_stage,
         "output_uri": pa.array(
             [
                 f"{storage.uri('images')}/gone-{i}.jpg" if missing[i] or not pool else pool[p][1]

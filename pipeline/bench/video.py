@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.media.video import VideoWriter
 from pipeline.temporal import CONSISTENCY_MODES
-from pipeline.video_job import VideoSettings, frame_stylizer, render
+from pipeline.video_render import VideoSettings, frame_stylizer, render
 
 SIZE = (640, 360)
 RATE = Fraction(30000, 1001)

@@ -67,7 +67,7 @@ def video(
     from pipeline.raysession import import_plugins
     from pipeline.styles import parse_style_spec
     from pipeline.temporal import check_consistency
-    from pipeline.video_job import VideoSettings, frame_stylizer, render
+    from pipeline.video_render import VideoSettings, frame_stylizer, render
 
     import_plugins()  # $STYLIZE_PLUGINS stylizers, as batch jobs see them
     started = time.perf_counter()
