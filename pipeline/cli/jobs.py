@@ -121,9 +121,16 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan (shards done/pending); start nothing.")
     ] = False,
+    wait_for_lease: Annotated[
+        bool,
+        typer.Option("--wait-for-lease", help="If another run is writing OUTPUT, wait for it instead of stopping."),
+    ] = False,
 ) -> None:
-    """Run a batch job here: embedded local Ray, or the cluster at $RAY_ADDRESS. Reruns resume."""
+    """Run a batch job here: embedded local Ray, or the cluster at $RAY_ADDRESS. Reruns resume.
+    One run at a time per output: a second one stops (exit 8) or waits with --wait-for-lease."""
     cfg = _config(config or config_opt, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
+    if wait_for_lease:
+        cfg.wait_for_lease = True
     if dry_run:
         from pipeline.runner import plan_job
 
