@@ -5,6 +5,7 @@ written through ``pipeline.storage.Storage``. Leases are numbered generations, `
 takes generation n+1 when generation n (the newest) is released or expired, renews only its own object,
 and marks it released at the end. A run killed with SIGKILL simply stops renewing: its lease expires
 ``lease_seconds`` after its last heartbeat and the next run takes generation n+1; nothing is deleted by hand.
+On the holder's own host (same host name and pid namespace) a lease whose process is gone is over at once.
 
 What it guarantees:
 
@@ -65,8 +66,32 @@ def describe(record: dict[str, Any]) -> str:
     return f"host {record.get('host', '?')}, pid {record.get('pid', '?')}{job}, started {_when(record['started'])}"
 
 
+def _pid_namespace() -> str:
+    """What tells this machine's processes apart from another container's with the same host name."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def _dead_here(record: dict[str, Any]) -> bool:
+    """The holder ran on this host, in this pid namespace, and its process is gone (killed with SIGKILL):
+    its lease is over now rather than at its expiry."""
+    if record.get("host") != socket.gethostname() or not record.get("pidns") or record["pidns"] != _pid_namespace():
+        return False
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return False
+
+
 def _live(record: dict[str, Any] | None, now: float) -> bool:
-    return bool(record) and not record.get("released") and float(record.get("expires", 0)) > now
+    if not record or record.get("released") or float(record.get("expires", 0)) <= now:
+        return False
+    return not _dead_here(record)
 
 
 class Lease:
@@ -81,6 +106,7 @@ class Lease:
             "token": uuid.uuid4().hex,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pidns": _pid_namespace(),
             "job_id": _job_id(),
             "started": now,
             "heartbeat": now,
