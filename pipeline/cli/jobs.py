@@ -53,13 +53,20 @@ def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any
         TextColumn("{task.fields[rate]:.1f} images/s"),
         TimeRemainingColumn(),
     )
-    with _stderr_to_log(config), Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=None, failed=0, rate=0.0)
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(label, total=None, failed=0, rate=0.0)
 
-        def update(state: dict[str, Any]) -> None:
-            bar.update(task, total=state["total"], completed=state["done"], failed=state["failed"], rate=state["rate"])
+    def update(state: dict[str, Any]) -> None:
+        if not bar.live.is_started:  # shown from the first update: a run refused its lease prints one line only
+            bar.start()
+        bar.update(task, total=state["total"], completed=state["done"], failed=state["failed"], rate=state["rate"])
 
-        return runner.run(config, progress=update)
+    with _stderr_to_log(config):
+        try:
+            return runner.run(config, progress=update)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
 
 
 def _terminal() -> Any:
