@@ -35,9 +35,10 @@ def _config(path: Path | None, overrides: list[str] | None, **flags: Any) -> Any
 def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any]:
     """``runner.run`` under one progress bar (images, failed, images/s, ETA) on stderr.
 
-    Ray's own output goes to its session log files (``raysession``); anything Ray's processes still
-    write to this process's stderr while the job runs lands in ``OUTPUT/_logs/driver.log`` on a local
-    output, or the temp folder, so a successful run shows only the bar and the summary line.
+    Ray's own output goes to its session log files (``raysession``); anything Ray still writes to this
+    process's stdout or stderr while the job runs (an embedded Ray's or a cluster's) lands in
+    ``OUTPUT/_logs/driver.log`` on a local output, or the temp folder, so a successful run shows only the
+    bar and the summary line.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -61,7 +62,7 @@ def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any
             bar.start()
         bar.update(task, total=state["total"], completed=state["done"], failed=state["failed"], rate=state["rate"])
 
-    with _stderr_to_log(config):
+    with _output_to_log(config):
         try:
             return runner.run(config, progress=update)
         finally:
@@ -81,8 +82,10 @@ def _terminal() -> Any:
 
 
 @contextlib.contextmanager
-def _stderr_to_log(config: Any) -> Iterator[None]:
-    """Send file descriptor 2 (where Ray's C++ core prints) to a log file for the job's duration."""
+def _output_to_log(config: Any) -> Iterator[None]:
+    """Send file descriptors 1 and 2 to a log file for the job's duration: Ray's C++ core prints on 2, and
+    the driver's error listener prints what the cluster reports (``(raylet)`` lines: a node marked dead, a
+    worker killed) on 1, whether or not ``log_to_driver`` is set."""
     import os
     import sys
     import tempfile
@@ -93,19 +96,23 @@ def _stderr_to_log(config: Any) -> Iterator[None]:
     folder = storage._path("_logs") if storage.local else tempfile.gettempdir()
     try:
         os.makedirs(folder, exist_ok=True)
-        fd = sys.stderr.fileno()
+        streams = [(sys.stdout, sys.stdout.fileno()), (sys.stderr, sys.stderr.fileno())]
     except (OSError, ValueError, AttributeError):
         yield
         return
-    saved = os.dup(fd)
     with open(os.path.join(folder, "driver.log"), "ab") as log:
-        os.dup2(log.fileno(), fd)
+        saved = []
+        for stream, fd in streams:
+            stream.flush()
+            saved.append(os.dup(fd))
+            os.dup2(log.fileno(), fd)
         try:
             yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
+            for (stream, fd), copy in zip(streams, saved, strict=True):
+                stream.flush()
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _print_summary(summary: dict[str, Any], output: str) -> None:
