@@ -9,7 +9,8 @@ time. The driver waits on the running units with a timeout, so it sees, every ``
   never restarted by Ray (``max_restarts=0``): a restart would wait for a CPU that a surviving actor
   holds, and the pool shrinks instead. A unit that keeps killing actors is bounded twice: the shard's
   attempt marker makes each retry go one image at a time and fail a repeat culprit (``pipeline.shard``),
-  and after ``max_retries + 2`` deaths of one unit the run fails naming it;
+  and after ``max_retries + 2`` deaths of one unit that the marker does not blame on an image (a crash
+  outside any image, a lost node between images) the run fails naming it;
 * a unit that raised: ``MachineError`` stops the run at once; a plain ``StorageError`` is retried up to
   ``shard_retries`` times; anything else fails the run. Each is one line;
 * no unit finished and no actor's progress counter moved for ``stall_timeout`` seconds (a running
@@ -190,7 +191,7 @@ class Dispatch:
                     raise LeaseError(f"another run took over the lease on {self.config.output}; stopping this one")
                 self._grow()
                 self._assign()
-                refs = [s.ref for s in self.slots if s.ref is not None] + [s.ping for s in self.slots if s.ping]
+                refs = [r for s in self.slots for r in (s.ref, s.ping) if r is not None]
                 if refs:
                     ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -267,15 +268,26 @@ class Dispatch:
             self.metrics.shard(summary)
 
     def _died(self, unit: Unit, exc: BaseException) -> None:
-        unit.deaths += 1
+        if not self._blamed_on_an_image(unit):
+            unit.deaths += 1
         cap = self.config.max_retries + 2
         if unit.deaths > cap:
             raise JobError(
-                f"{unit.name} lost its actor {unit.deaths} times (more than max_retries + 2 = {cap}); "
-                f"last: {_first_line(exc)}"
+                f"{unit.name} lost its actor {unit.deaths} times outside any image "
+                f"(more than max_retries + 2 = {cap}); last: {_first_line(exc)}"
             )
         self.queue.appendleft(unit)  # first in line: a shard that joins a video may be waiting for it
         self.last_progress = time.monotonic()  # a death is news: the survivors get a full stall_timeout
+
+    def _blamed_on_an_image(self, unit: Unit) -> bool:
+        """The shard's attempt marker names the image it was on: the crash ledger charges that image and
+        bounds it (``max_retries``), so this death does not count against the unit."""
+        if unit.shard is None or self.storage is None:
+            return False
+        with contextlib.suppress(StylizeError, ValueError, TypeError, AttributeError):
+            marker = self.storage.read_if_exists(layout.attempt_key(unit.shard))
+            return marker is not None and bool(json.loads(marker).get("suspect"))
+        return False
 
     def _failed(self, unit: Unit, cause: BaseException) -> None:
         if isinstance(cause, MachineError):

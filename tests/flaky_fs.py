@@ -4,7 +4,8 @@ Registered with fsspec on import; Ray workers import it through ``STYLIZE_PLUGIN
 ``pipeline.raysession.import_plugins``), so faults reach the actors' own writes. A test writes
 ``$STYLIZE_FLAKY_DIR/faults.json``: ``{"match": "metrics/shard-00000", "fail": 2, "kind": "io"}`` makes the
 first two writes of a path containing ``match`` fail (``io``: an ``OSError`` that ``Storage`` reports as a
-plain, transient ``StorageError``; ``machine``: a ``MachineError``, a fault of the machine). Every matching
+plain, transient ``StorageError``; ``machine``: a ``MachineError``, a fault of the machine; ``die``: the
+process exits at once). Every matching
 write is counted in ``$STYLIZE_FLAKY_DIR/count`` (across processes: one shard writes at a time).
 """
 
@@ -37,6 +38,8 @@ def _fault(path: str) -> None:
     count = int(counter.read_text()) + 1 if counter.exists() else 1
     counter.write_text(str(count))
     if count <= int(spec["fail"]):
+        if spec.get("kind") == "die":  # the process dies (a segfault, an OOM kill) as it writes
+            os._exit(9)
         if spec.get("kind") == "machine":
             raise MachineError(f"no space left on device writing {os.path.basename(path)} (injected)")
         raise OSError(errno.EIO, f"injected I/O error #{count}")

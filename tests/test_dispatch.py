@@ -85,6 +85,19 @@ def test_a_machine_error_stops_the_run_at_once_with_its_own_line(tmp_path: Path,
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
+def test_a_shard_that_keeps_killing_its_actor_outside_any_image_ends_the_run_naming_it(
+    tmp_path: Path, flaky_dir: Path
+) -> None:
+    write_faults(flaky_dir, "_attempts/shard-00000", fail=100, kind="die")  # dies writing its attempt marker
+    with pytest.raises(JobError) as info:
+        runner.run(_job(tmp_path, n=4, actors=1, max_retries=1))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("shard 0 lost its actor 4 times outside any image (more than max_retries + 2 = 3)")
+    assert writes(flaky_dir) == 4
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
 def test_a_run_whose_actor_hangs_fails_after_stall_timeout_naming_the_shard(tmp_path: Path, flaky_dir: Path) -> None:
     write_faults(flaky_dir, "nothing-matches", fail=0)
     config = _job(tmp_path, n=4, stylizer="test-hangs", actors=1, stall_timeout=4)
@@ -96,7 +109,7 @@ def test_a_run_whose_actor_hangs_fails_after_stall_timeout_naming_the_shard(tmp_
     assert "rerun" in message
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     # the lease was released: a rerun (here one that does not hang) takes the output and finishes
-    assert runner.run(config.model_copy(update={"stylizer": "test-invert"}))["ok"] == 4
+    assert runner.run(config.model_copy(update={"stylizer": "test-invert", "stall_timeout": 600}))["ok"] == 4
 
 
 class FakeMetric:
