@@ -116,6 +116,22 @@ def test_held_renews_the_lease_while_the_run_runs(tmp_path: Path) -> None:
         assert mine.record["heartbeat"] > mine.record["started"]
 
 
+def test_a_dry_run_takes_no_lease_and_runs_beside_a_holder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    paths = write_inputs(tmp_path / "in", {f"d{i}": encode(photo((16, 16), seed=i)) for i in range(4)})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    out = tmp_path / "out"
+    with lease.held(Storage(str(out)), 60):
+        args = ["run", "--manifest", str(manifest), "--output", str(out), "--set", "shard_rows=2", "--dry-run"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "4 rows in 2 shards" in result.output
+    assert [p.name for p in (out / "_lease").iterdir()] == ["000000000000.json"]
+
+
 # --- two `stylize run`s on one output --------------------------------------------------------------
 
 
