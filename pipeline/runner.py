@@ -1,16 +1,17 @@
-"""A batch job on Ray: an autoscaling pool of shard-owning actors, then ``_SUCCESS``.
+"""A batch job on Ray: plan, hold the output's lease, dispatch shards to actors, then ``_SUCCESS``.
 
 The driver plans (``pipeline.plan``: the manifest's footer, ``_plan.json``, one listing of
-``metrics/``), hands pending shard numbers to a ``ray.util.ActorPool`` of ``ShardActor`` s, and
-receives one small summary per shard: it never reads an image row or a pixel. Each actor holds a
-loaded stylizer and runs whole shards (``pipeline.shard``), writing the outputs and the shard's
-metrics file itself. The pool starts at ``min_actors`` and grows to ``actors`` while shards wait
-and the cluster has room.
+``metrics/``), hands pending shards and video segments to ``pipeline.dispatch`` (a queue of work
+units over actors that may die) and receives one small summary per shard: it never reads an image
+row or a pixel. Each actor holds a loaded stylizer and runs whole shards (``pipeline.shard``),
+writing the outputs and the shard's metrics file itself. One run at a time writes an output: the
+run holds its lease (``pipeline.lease``) from planning to ``_SUCCESS``. Progress goes to the caller's
+bar and to the cluster's dashboards (``pipeline.raymetrics``).
 
 Resume: a rerun plans the same shards, skips those whose metrics file exists and redoes the
 rest under the same output keys, so a kill at any moment ends, after a rerun, with exactly one
-metrics row per manifest row. Ray restarts a dead actor and retries its shard; the shard's
-attempt marker then makes the retry go one image at a time (see ``pipeline.shard``).
+metrics row per manifest row. A dead actor's shard goes back to the queue; the shard's attempt
+marker then makes the retry go one image at a time (see ``pipeline.shard``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import layout
+from pipeline import layout, lease
 from pipeline.config import JobConfig
-from pipeline.errors import JobError, MachineError, WeightsError
+from pipeline.errors import JobError, WeightsError
 from pipeline.plan import Plan, committed_shards, inspect_manifest, make_plan
 from pipeline.storage import Storage
 
 Progress = Callable[[dict[str, Any]], None]
-POLL_SECONDS = 0.5
 MIN_SPLIT_ROWS = 16
 
 
@@ -102,117 +102,6 @@ def _check_style_images(config: JobConfig, specs: list[str]) -> None:
                 raise ConfigError(f"style image {source}: {exc}") from None
 
 
-def pool_size(config: JobConfig, local: bool, shards: int) -> tuple[int, int]:
-    """(most actors, threads per actor). An embedded Ray owns this machine: without GPUs it runs one
-    actor per core by default, as many as there are shards, sharing the cores (measured faster than
-    one actor with all cores: the Python side of each shard runs in parallel too); on a cluster the
-    reservation rules."""
-    import ray
-
-    total = int(ray.cluster_resources().get("CPU", 1))
-    if local and not config.gpus_per_actor:
-        actors = max(1, min(config.actors or total, shards))
-        return actors, max(1, total // actors)
-    return config.actors or 1, max(1, int(config.cpus_per_actor or 1))
-
-
-def _actor_class() -> Any:
-    import ray
-
-    from pipeline.shard import ShardWorker
-
-    @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=2)
-    class ShardActor:
-        """One loaded stylizer; ``run`` owns a shard, ``progress`` answers while it runs."""
-
-        def __init__(self, config_json: str, threads: int) -> None:
-            self.worker = ShardWorker(JobConfig.model_validate_json(config_json), threads=threads)
-
-        def run(self, shard: int, start: int, count: int) -> dict[str, Any]:
-            return self.worker.run(shard, start, count)
-
-        def run_segment(self, row: int, index: int, start: int, stop: int | None) -> dict[str, Any]:
-            return self.worker.run_segment(row, index, start, stop)
-
-        def progress(self) -> tuple[int, int, int]:
-            return self.worker.progress
-
-    return ShardActor
-
-
-def _execute(config: JobConfig, plan: Plan, state: dict[str, Any], progress: Progress | None, local: bool) -> list:
-    import ray
-    from ray.util import ActorPool
-
-    actor_cls = _actor_class().options(num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
-    segments = plan.pending_segments
-    most, threads = pool_size(config, local, len(plan.pending) + len(segments))
-    payload = config.model_dump_json()
-
-    def spawn() -> Any:
-        return actor_cls.remote(payload, threads)
-
-    actors = [spawn() for _ in range(min(config.min_actors or most, most, len(plan.pending) + len(segments)))]
-    pool = ActorPool(actors)
-    # a long video's segments go first: the pool starts tasks in order, so every segment is running or done
-    # before any shard starts, and the shard that holds the video waits for them, then joins (video_job)
-    for seg in segments:
-        pool.submit(lambda a, v: a.run_segment.remote(*v), (seg.row, seg.index, seg.start, seg.stop))
-    for shard in plan.pending:
-        start, count = plan.shard_range(shard)
-        pool.submit(lambda a, v: a.run.remote(*v), (shard, start, count))
-    summaries: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    while pool.has_next():
-        try:
-            summary = pool.get_next_unordered(timeout=POLL_SECONDS)
-        except TimeoutError:
-            summary = None
-        except ray.exceptions.RayError as exc:
-            if isinstance(getattr(exc, "cause", None), MachineError):  # the machine's fault: its own one line
-                raise MachineError(str(exc.cause)) from None
-            raise JobError(f"a shard failed: {str(exc).splitlines()[0][:300]}") from None
-        if summary is not None and summary.get("segment"):
-            summary = None  # a segment: its video's row is counted when its shard commits
-        elif summary is not None:
-            summaries.append(summary)
-            state["processed"] += summary["rows"]
-            state["committed_failed"] = state.get("committed_failed", 0) + summary["failed"]
-        remaining = len(plan.pending) - len(summaries)
-        if remaining > len(actors) and len(actors) < most and _room_for_one(config):
-            actors.append(spawn())
-            pool.push(actors[-1])
-        running = _running(actors, {int(s["shard"]) for s in summaries})
-        elapsed = time.perf_counter() - t0
-        moving = state["processed"] + running[0]
-        state.update(done=state["start_done"] + moving, failed=state.get("committed_failed", 0) + running[1])
-        state["rate"] = moving / elapsed if elapsed > 0 else 0.0
-        if progress:
-            progress(dict(state))
-    for actor in actors:
-        ray.kill(actor)
-    return summaries
-
-
-def _running(actors: list[Any], finished: set[int]) -> tuple[int, int]:
-    """(rows done, rows failed) of the shards still running, as their actors report them."""
-    import ray
-
-    try:
-        reports = ray.get([a.progress.remote() for a in actors], timeout=POLL_SECONDS)
-    except (ray.exceptions.RayError, TimeoutError):  # an actor being restarted answers later
-        return 0, 0
-    live = [r for r in reports if r[0] >= 0 and r[0] not in finished]
-    return sum(r[1] for r in live), sum(r[2] for r in live)
-
-
-def _room_for_one(config: JobConfig) -> bool:
-    import ray
-
-    free = ray.available_resources()
-    return free.get("CPU", 0) >= (config.cpus_per_actor or 0) and free.get("GPU", 0) >= (config.gpus_per_actor or 0)
-
-
 def _is_local() -> bool:
     import ray
 
@@ -220,23 +109,37 @@ def _is_local() -> bool:
 
 
 def run(config: JobConfig, *, progress: Progress | None = None, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the job; returns the ``_SUCCESS`` summary."""
+    """Run (or resume) the job under the output's lease; returns the ``_SUCCESS`` summary."""
     start = time.perf_counter()
-    storage, plan = plan_job(config)
-    done = plan.rows - plan.pending_rows()
-    state = {"total": plan.rows, "done": done, "start_done": done, "failed": 0, "processed": 0, "rate": 0.0}
-    if not plan.pending and storage.exists(layout.SUCCESS_KEY):
-        return json.loads(storage.get(layout.SUCCESS_KEY))
-    fresh: list[dict[str, Any]] = []
-    if plan.pending:
-        if progress:
-            progress(dict(state))
-        check_can_start(config)
-        from pipeline.raysession import ensure_ray
+    with lease.held(open_storage(config), config.lease_seconds, wait=config.wait_for_lease) as held:
+        storage, plan = plan_job(config)
+        done = plan.rows - plan.pending_rows()
+        state = {"total": plan.rows, "done": done, "start_done": done, "failed": 0, "processed": 0, "rate": 0.0}
+        if not plan.pending and storage.exists(layout.SUCCESS_KEY):
+            return json.loads(storage.get(layout.SUCCESS_KEY))
+        fresh: list[dict[str, Any]] = []
+        if plan.pending:
+            if progress:
+                progress(dict(state))
+            check_can_start(config)
+            from pipeline.dispatch import Dispatch
+            from pipeline.raymetrics import JobMetrics
+            from pipeline.raysession import ensure_ray
 
-        started_here = ensure_ray(address)
-        fresh = _execute(config, plan, state, progress, local=started_here or _is_local())
-    return finish(config, storage, plan, fresh, wall=time.perf_counter() - start, processed=state["processed"])
+            started_here = ensure_ray(address)
+            local = started_here or _is_local()
+            dispatch = Dispatch(
+                config,
+                plan,
+                state,
+                local=local,
+                progress=progress,
+                lease=held,
+                metrics=JobMetrics(storage.root_uri),
+                storage=storage,
+            )
+            fresh = dispatch.run()
+        return finish(config, storage, plan, fresh, wall=time.perf_counter() - start, processed=state["processed"])
 
 
 def finish(

@@ -283,6 +283,36 @@ class Storage:
         """Write ``data`` at ``key`` atomically; returns ``uri(key)``."""
         return self._put(key, data, None)
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` only if no object is there: True if written, False if one was.
+
+        Exclusive only on a local filesystem (the complete file is hard-linked into place, which fails
+        if the name exists); object stores have no portable conditional write, so there this is
+        check-then-put and the caller must verify (``pipeline.lease`` reads back its token)."""
+        path = self._path(key)
+        try:
+            if not self.local:
+                if self.fs.isfile(path):
+                    return False
+                self.fs.pipe_file(path, data)
+                return True
+            folder, name = os.path.split(path)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:100]}{_TMP_MARK}")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, 0o666 & ~_UMASK)
+                os.link(tmp, path)  # atomic and exclusive: readers never see a partial object
+            except FileExistsError:
+                return False
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri(key)}: {type(exc).__name__}: {exc}") from None
+        return True
+
     def put_file(self, key: str, local_path: str) -> str:
         """Copy the local file ``local_path`` to ``key`` (streamed, atomic where local); returns ``uri(key)``.
         For outputs too large to hold in memory, such as videos."""

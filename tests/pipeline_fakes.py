@@ -101,3 +101,18 @@ class DiesOnceStylizer(InvertStylizer):
 
 _register(PickyStylizer)
 _register(DiesOnceStylizer)
+
+
+class HangsStylizer(InvertStylizer):
+    """``test-invert`` whose model call never returns (a hung driver or device): the run's stall_timeout ends it."""
+
+    name = "test-hangs"
+
+    def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
+        import time
+
+        time.sleep(3600)
+        return super().transfer(content, styles, alpha=alpha, masks=masks)
+
+
+_register(HangsStylizer)

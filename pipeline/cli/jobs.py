@@ -35,9 +35,10 @@ def _config(path: Path | None, overrides: list[str] | None, **flags: Any) -> Any
 def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any]:
     """``runner.run`` under one progress bar (images, failed, images/s, ETA) on stderr.
 
-    Ray's own output goes to its session log files (``raysession``); anything Ray's processes still
-    write to this process's stderr while the job runs lands in ``OUTPUT/_logs/driver.log`` on a local
-    output, or the temp folder, so a successful run shows only the bar and the summary line.
+    Ray's own output goes to its session log files (``raysession``); anything Ray still writes to this
+    process's stdout or stderr while the job runs (an embedded Ray's or a cluster's) lands in
+    ``OUTPUT/_logs/driver.log`` on a local output, or the temp folder, so a successful run shows only the
+    bar and the summary line.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -53,13 +54,20 @@ def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any
         TextColumn("{task.fields[rate]:.1f} images/s"),
         TimeRemainingColumn(),
     )
-    with _stderr_to_log(config), Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=None, failed=0, rate=0.0)
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(label, total=None, failed=0, rate=0.0)
 
-        def update(state: dict[str, Any]) -> None:
-            bar.update(task, total=state["total"], completed=state["done"], failed=state["failed"], rate=state["rate"])
+    def update(state: dict[str, Any]) -> None:
+        if not bar.live.is_started:  # shown from the first update: a run refused its lease prints one line only
+            bar.start()
+        bar.update(task, total=state["total"], completed=state["done"], failed=state["failed"], rate=state["rate"])
 
-        return runner.run(config, progress=update)
+    with _output_to_log(config):
+        try:
+            return runner.run(config, progress=update)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
 
 
 def _terminal() -> Any:
@@ -74,8 +82,10 @@ def _terminal() -> Any:
 
 
 @contextlib.contextmanager
-def _stderr_to_log(config: Any) -> Iterator[None]:
-    """Send file descriptor 2 (where Ray's C++ core prints) to a log file for the job's duration."""
+def _output_to_log(config: Any) -> Iterator[None]:
+    """Send file descriptors 1 and 2 to a log file for the job's duration: Ray's C++ core prints on 2, and
+    the driver's error listener prints what the cluster reports (``(raylet)`` lines: a node marked dead, a
+    worker killed) on 1, whether or not ``log_to_driver`` is set."""
     import os
     import sys
     import tempfile
@@ -86,19 +96,23 @@ def _stderr_to_log(config: Any) -> Iterator[None]:
     folder = storage._path("_logs") if storage.local else tempfile.gettempdir()
     try:
         os.makedirs(folder, exist_ok=True)
-        fd = sys.stderr.fileno()
+        streams = [(sys.stdout, sys.stdout.fileno()), (sys.stderr, sys.stderr.fileno())]
     except (OSError, ValueError, AttributeError):
         yield
         return
-    saved = os.dup(fd)
     with open(os.path.join(folder, "driver.log"), "ab") as log:
-        os.dup2(log.fileno(), fd)
+        saved = []
+        for stream, fd in streams:
+            stream.flush()
+            saved.append(os.dup(fd))
+            os.dup2(log.fileno(), fd)
         try:
             yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
+            for (stream, fd), copy in zip(streams, saved, strict=True):
+                stream.flush()
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _print_summary(summary: dict[str, Any], output: str) -> None:
@@ -121,9 +135,16 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan (shards done/pending); start nothing.")
     ] = False,
+    wait_for_lease: Annotated[
+        bool,
+        typer.Option("--wait-for-lease", help="If another run is writing OUTPUT, wait for it instead of stopping."),
+    ] = False,
 ) -> None:
-    """Run a batch job here: embedded local Ray, or the cluster at $RAY_ADDRESS. Reruns resume."""
+    """Run a batch job here: embedded local Ray, or the cluster at $RAY_ADDRESS. Reruns resume.
+    One run at a time per output: a second one stops (exit 8) or waits with --wait-for-lease."""
     cfg = _config(config or config_opt, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
+    if wait_for_lease:
+        cfg.wait_for_lease = True
     if dry_run:
         from pipeline.runner import plan_job
 
