@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.codec import fit
-from pipeline.config import DEFAULT_STYLE_SCALE
+from pipeline.imaging import fit
 from pipeline.media.video import DEFAULT_MAX_PIXELS, EncodeOptions, VideoInfo, VideoReader, VideoWriter, even_size
+from pipeline.scale import DEFAULT_STYLE_SCALE
 from pipeline.temporal import BLEND, WARMUP, FrameStylizer, Stats, Temporal
 
 Progress = Callable[[int], None]

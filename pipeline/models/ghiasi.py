@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import WeightsError
+from pipeline.imaging import resize
 from pipeline.models import onnx_port
 from pipeline.models.base import Style, Stylizer, normalized_weights
-from pipeline.models.controls import resize
 from pipeline.models.dumoulin import instance_norm_affine, run_min_size
 from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict
