@@ -63,9 +63,10 @@ def frame_stylizer(
 ) -> FrameStylizer:
     """Frames -> per-frame stylizations through ``controls.stylize`` in one call per batch.
 
-    ``styles`` is parsed (and its images decoded) once by the caller and the same ``Style`` objects go
-    into every call, so families that encode a style image (adain, sanet, wct, ghiasi) encode it once
-    per video (``Stylizer.style_features`` is keyed on the image tensor). ``style_scale`` applies to each
+    ``styles`` is parsed (and its images decoded) once by the caller; families that encode a style image
+    (adain, sanet, wct, ghiasi) encode it once per model, i.e. once per actor (``Stylizer.style_features``
+    is keyed on the style's pixels, not the tensor; colour preservation restyles it for each frame, the
+    documented exception). ``style_scale`` applies to each
     frame as to a photo, so a 4K video keeps the painted look of a small one.
     """
     import torch

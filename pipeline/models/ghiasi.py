@@ -305,8 +305,8 @@ class Ghiasi(Stylizer):
         return self.predictor(square_crop_resize(images))
 
     def _style_vector(self, style: Style, content: Tensor) -> Tensor:
-        """(100,) for one style image, remembered per image (``style_features``): a video's frames, or a
-        job's photos, run the MobileNet predictor on their style once."""
+        """(100,) for one style image, remembered per style token (``style_features``): a video's frames, or
+        a job's photos, run the MobileNet predictor on their style once per actor."""
         return self.style_features(style, self.style_vectors, device=content.device, dtype=content.dtype).mean(0)
 
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
