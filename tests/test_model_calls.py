@@ -177,3 +177,47 @@ def test_style_tokens_name_pixels_not_tensors() -> None:
     assert Style(image=image).token == Style(image=image.clone(), weight=3).token != Style(image=1 - image).token
     assert Style(index=4).token == "index:4" and Style().token == "fixed"
     assert Style(image=image, key=None).token is None
+
+
+# --- the batch worker: the bug this path fixes ------------------------------------------------------
+
+
+def test_a_dataset_job_keeps_each_photos_colours_in_mixed_style_calls(tmp_path: Path) -> None:
+    """Dataset generation (one sampled style per photo) with ``preserve_color=luminance``: the calls mix
+    styles, and every output is what stylizing that photo alone with its own style and the control gives
+    (the worker used to drop colour preservation, and tiling, from mixed calls)."""
+    import pyarrow.parquet as pq
+
+    from pipeline import layout
+    from pipeline.codec import decode_image
+    from pipeline.shard import ShardWorker
+    from tests.pipeline_helpers import encode, job_config, photo, write_inputs, write_manifest
+
+    pool = tmp_path / "styles.txt"
+    pool.write_text("\n".join(str(i) for i in range(0, 26, 3)) + "\n")
+    arrays = {f"d{i:02d}": photo((48, 40), seed=i) for i in range(16)}
+    paths = write_inputs(tmp_path / "in", {k: encode(v) for k, v in arrays.items()})
+    manifest = write_manifest(tmp_path / "m.parquet", list(paths.items()))
+    config = job_config(
+        manifest,
+        tmp_path / "out",
+        stylizer="dumoulin",
+        style_manifest=str(pool),
+        preserve_color="luminance",
+        batch_size=8,
+        device="cpu",
+    )
+    worker = ShardWorker(config)
+    try:
+        summary = worker.run(0, 0, len(arrays))
+    finally:
+        worker.close()
+    rows = pq.read_table(worker.storage.open(layout.shard_key(0))).to_pylist()
+    assert summary["model_calls"] == 2 and len({r["style"] for r in rows}) > 2  # mixed-style calls
+    model = create("dumoulin", device="cpu")
+    for r in rows:
+        content = torch.from_numpy(arrays[r["image_id"]]).permute(2, 0, 1)[None].float() / 255
+        alone = controls.stylize(model, content, [Style(index=int(r["style"]))], preserve_color="luminance")
+        got = decode_image(Path(r["output_uri"]).read_bytes()).array.astype(int)
+        want = (alone[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(int)
+        assert r["status"] == "ok" and abs(got - want).max() <= 1, r["image_id"]
