@@ -131,15 +131,18 @@ def _count_encodes(model: Stylizer, monkeypatch: pytest.MonkeyPatch, attr: str) 
     return seen
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name, encoder", [("adain", "encode"), ("ghiasi", "style_vectors")])
 def test_each_style_is_encoded_once_per_model_over_ten_batches(
-    models: dict[str, Stylizer], name: str, encoder: str, monkeypatch: pytest.MonkeyPatch
+    adain_dir: Path, name: str, encoder: str, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ten batches through ``controls.stylize``, mixed and uniform, each with freshly decoded copies of two
-    styles (as a new parse of the same spec gives): each style is encoded on the first batch only."""
-    model = models[name]
-    model.__dict__.pop("_style_cache", None)
-    model.__dict__.pop("_prepared_styles", None)
+    styles on the CPU (as a new parse of the same spec gives, and as the model's device is not): each style
+    is moved and encoded on the first batch only."""
+    model = create(name, device=device, **({"weights": str(adain_dir)} if name == "adain" else {}))
     seen = _count_encodes(model, monkeypatch, encoder)
     pictures = [smooth_image(20, 30, 50), smooth_image(21, 44, 36)]
     for batch in range(10):
