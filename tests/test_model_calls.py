@@ -224,3 +224,16 @@ def test_a_dataset_job_keeps_each_photos_colours_in_mixed_style_calls(tmp_path: 
         got = decode_image(Path(r["output_uri"]).read_bytes()).array.astype(int)
         want = (alone[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(int)
         assert r["status"] == "ok" and abs(got - want).max() <= 1, r["image_id"]
+
+
+def test_the_job_config_stays_light_and_imaging_is_a_leaf() -> None:
+    """The driver and CLI read job configs without torch; the pixel operations import nothing of ours."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline.config as c; assert c.DEFAULT_STYLE_SCALE and 'torch' not in sys.modules;"
+        "before = set(sys.modules); import pipeline.imaging;"
+        "assert {m for m in set(sys.modules) - before if m.startswith('pipeline')} == {'pipeline.imaging'}"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
