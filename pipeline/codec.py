@@ -245,17 +245,6 @@ def encode_image(array: np.ndarray, fmt: str = "jpeg", quality: int = 92, png_le
     return buf.getvalue()
 
 
-def fit(array: np.ndarray, max_side: int | None) -> np.ndarray:
-    """(H,W,3) uint8 with the longer side capped at ``max_side``: the one max-side resize
-    (``controls.resize_max_side``, bilinear with antialias), rounded back to uint8. ``stylize image``
-    and batch jobs both go through here, so they feed the model the same pixels."""
-    if not max_side or max(array.shape[:2]) <= max_side:
-        return array
-    from pipeline.models.controls import resize_max_side
-
-    return to_array(resize_max_side(to_tensor(array), max_side))
-
-
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """(H,W,3) uint8 -> (1,3,H,W) float32 in [0,1]."""
     import torch

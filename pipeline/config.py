@@ -19,34 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from pipeline.errors import ConfigError, StorageError
+from pipeline.scale import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, STYLE_SCALE_HELP, StyleScale, parse_style_scale
 from pipeline.storage import ALLOWED_SCHEMES, check_scheme
 
 _SCHEME = re.compile(r"^[a-z0-9+.-]*$")
-DEFAULT_TILE_PIXELS = 4_000_000  # feed-forward models tile larger images (jobs, `stylize image`, the controls)
 SECRET_KEY = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
-
-# the longer side (px) at which strokes are painted: larger photos are stylized at this size and brought back
-# to full size edge-aware (controls.stylize). The feed-forward networks were trained on 256 px crops; measured
-# with ghiasi, the Gram style distance seen whole grows by 7% from a 512 px photo to 640, 13% to 768 and 20%
-# to 1024 (docs/benchmarks.md), so 640 keeps a large photo's look within 10% of a 512 px one's
-DEFAULT_STYLE_SCALE = 640
-STYLE_SCALE_RANGE = (64, 32768)
-STYLE_SCALE_HELP = f"'native' or a longer side of {STYLE_SCALE_RANGE[0]} to {STYLE_SCALE_RANGE[1]} px"
-StyleScale = int | Literal["native"]
-
-
-def parse_style_scale(value: Any) -> StyleScale:
-    """A style scale from a job key, a CLI option or a caller: a number of px (``1024``, ``"1024"``) or
-    ``"native"`` (stylize at the photo's own size: strokes fixed in pixels). ``ConfigError`` otherwise."""
-    text = value.strip().lower() if isinstance(value, str) else value
-    if text == "native":
-        return "native"
-    if isinstance(text, str) and text.isdigit():
-        text = int(text)
-    lo, hi = STYLE_SCALE_RANGE
-    if isinstance(text, bool) or not isinstance(text, int) or not lo <= text <= hi:
-        raise ConfigError(f"style_scale must be {STYLE_SCALE_HELP}, got {value!r}")
-    return text
 
 
 class JobConfig(BaseModel):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import imaging
 from pipeline.codec import read_image, to_array, to_tensor
 from pipeline.models import controls, create, get_card
 from pipeline.models.base import Style
@@ -22,7 +23,7 @@ DEFAULT_INDICES = (0, 6, 13, 19, 25)
 
 def load_image(path: str, max_side: int) -> torch.Tensor:
     """An image file as (1,3,H,W) in [0,1], downscaled so its longer side is at most ``max_side``."""
-    return controls.resize_max_side(to_tensor(read_image(path).array), max_side)
+    return imaging.resize_max_side(to_tensor(read_image(path).array), max_side)
 
 
 def family_sheet(

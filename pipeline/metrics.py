@@ -147,7 +147,7 @@ class QualityScorer:
         return cls(load_encoder(source or "auto", last=CONTENT_LAYER, device=device), side)
 
     def _features(self, x: Tensor) -> dict[str, Tensor]:
-        from pipeline.models.controls import resize_max_side
+        from pipeline.imaging import resize_max_side
 
         x = resize_max_side(x.to(self.device).float(), self.side).contiguous(memory_format=torch.channels_last)
         return self.encoder(x, layers=STYLE_LAYERS)
@@ -203,7 +203,7 @@ class QualityScorer:
 
     def score(self, out: Tensor, content: Tensor, spec: str, styles: Sequence[Style]) -> dict[str, float]:
         """One image: ``out`` and ``content`` (1,3,H,W) in [0,1]; sizes may differ (content's wins)."""
-        from pipeline.models.controls import resize
+        from pipeline.imaging import resize
 
         out = resize(out, tuple(content.shape[-2:]))
         return self.score_batch(out, content, [spec], [styles])[0]

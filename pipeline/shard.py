@@ -37,19 +37,19 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from pipeline import layout, video_job
 from pipeline.batching import Call, plan_calls
-from pipeline.codec import decode_image, encode_image, fit, to_array, to_arrays, to_tensor
+from pipeline.codec import decode_image, encode_image, to_array, to_arrays, to_tensor
 from pipeline.config import JobConfig
 from pipeline.crashes import crash_limit
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError, MachineError, StorageError, StylizeError, describe
+from pipeline.imaging import fit, resize, resize_masks
 from pipeline.media.video import is_video
 from pipeline.metrics import QualityScorer, Stage, shard_file, shard_summary
 from pipeline.models.base import Style
-from pipeline.models.controls import resize, stylize, stylize_each
+from pipeline.models.controls import stylize
 from pipeline.models.engines import load_stylizer
 from pipeline.raysession import import_plugins
 from pipeline.storage import Storage, read_source
@@ -244,7 +244,7 @@ class ShardWorker:
             pixels = torch.from_numpy(fit(decoded.array, self.config.max_side)).permute(2, 0, 1).unsqueeze(0)
             if mask_data is not None:
                 mask = to_tensor(decode_image(mask_data).array).mean(1, keepdim=True)
-                item.mask = F.interpolate(mask, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+                item.mask = resize_masks(mask, tuple(pixels.shape[-2:]))
             item.pixels = pixels
         except MachineError:
             raise  # credentials refused for the whole store: no photo's fault (pipeline.storage)
@@ -271,28 +271,21 @@ class ShardWorker:
         return uri
 
     def _model(self, content: torch.Tensor, styles: list[list[Style]], masks: torch.Tensor | None) -> torch.Tensor:
+        """One model call through ``controls.stylize`` (every control, mixed styles or not); with a mask
+        column, each mask's inside takes ``mask_style`` and its outside the image's own styles."""
         config = self.config
         if masks is not None:
-            inside, outside = self.styles(str(config.mask_style)), styles[0]
-            masks = torch.cat([masks, 1 - masks], 1)
-            return stylize(
-                self.model,
-                content,
-                [*inside, *outside],
-                alpha=config.alpha,
-                preserve_color=config.preserve_color,
-                masks=_expand_masks(masks, inside, outside),
-                tile_pixels=config.tile_pixels,
-                style_scale=config.style_scale,
-            )
-        if len({id(s) for s in styles}) > 1:  # a mixed-style call: the family conditions each sample
-            return stylize_each(self.model, content, styles, alpha=config.alpha, style_scale=config.style_scale)
+            inside = self.styles(str(config.mask_style))
+            regions = torch.cat([masks, 1 - masks], 1)
+            masks = torch.cat([_expand_masks(regions[i : i + 1], inside, own) for i, own in enumerate(styles)])
+            styles = [[*inside, *own] for own in styles]
         return stylize(
             self.model,
             content,
-            styles[0],
+            styles,
             alpha=config.alpha,
             preserve_color=config.preserve_color,
+            masks=masks,
             tile_pixels=config.tile_pixels,
             style_scale=config.style_scale,
         )
@@ -305,7 +298,7 @@ class ShardWorker:
         batch = torch.cat([resize(it.pixels.float().div_(255), size) for it in items]).to(self.device)
         masks = None
         if self.config.mask_column:
-            masks = torch.cat([resize(it.mask, size) for it in items]).to(self.device)
+            masks = torch.cat([resize_masks(it.mask, size) for it in items]).to(self.device)
         styles = [self.styles(it.row["style"]) for it in items]
         out = self._model(batch, styles, masks).float()
         self.calls += 1

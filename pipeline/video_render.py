@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.codec import fit
-from pipeline.config import DEFAULT_STYLE_SCALE
 from pipeline.errors import DecodeError
+from pipeline.imaging import fit
 from pipeline.media.video import DEFAULT_MAX_PIXELS, EncodeOptions, VideoInfo, VideoReader, VideoWriter, even_size
+from pipeline.scale import DEFAULT_STYLE_SCALE
 from pipeline.temporal import BLEND, WARMUP, FrameStylizer, Stats, Temporal
 from pipeline.temporal import run as run_temporal
 
@@ -65,9 +65,10 @@ def frame_stylizer(
 ) -> FrameStylizer:
     """Frames -> per-frame stylizations through ``controls.stylize`` in one call per batch.
 
-    ``styles`` is parsed (and its images decoded) once by the caller and the same ``Style`` objects go
-    into every call, so families that encode a style image (adain, sanet, wct, ghiasi) encode it once
-    per video (``Stylizer.style_features`` is keyed on the image tensor). ``style_scale`` applies to each
+    ``styles`` is parsed (and its images decoded) once by the caller; families that encode a style image
+    (adain, sanet, wct, ghiasi) encode it once per model, i.e. once per actor (``Stylizer.style_features``
+    is keyed on the style's pixels, not the tensor; colour preservation restyles it for each frame, the
+    documented exception). ``style_scale`` applies to each
     frame as to a photo, so a 4K video keeps the painted look of a small one.
     """
     import torch

@@ -218,7 +218,7 @@ def test_explicit_encoder_weights_for_a_bare_decoder(published, tmp_path):
 
 
 def test_a_style_is_encoded_once_across_batches(model, monkeypatch):
-    """A batch job reuses one Style object: its features are computed on the first batch only."""
+    """A batch job reuses one style: its features are computed on the first batch only."""
     calls = []
     encode = model.encode
     monkeypatch.setattr(model, "encode", lambda x: calls.append(tuple(x.shape)) or encode(x))
@@ -226,6 +226,9 @@ def test_a_style_is_encoded_once_across_batches(model, monkeypatch):
     first = model(torch.rand(2, 3, 32, 32), [style])
     model(torch.rand(2, 3, 32, 32), [style])
     assert calls.count((1, 3, 40, 40)) == 1 and calls.count((2, 3, 32, 32)) == 2
-    other = Style(image=style.image.clone())  # an equal but different tensor is encoded afresh
+    same = Style(image=style.image.clone())  # equal pixels in another tensor: the cache knows them by a hash
+    model(torch.rand(2, 3, 32, 32), [same])
+    assert calls.count((1, 3, 40, 40)) == 1
+    other = Style(image=1 - style.image)  # other pixels are encoded afresh
     again = model(torch.zeros(2, 3, 32, 32), [other])
     assert calls.count((1, 3, 40, 40)) == 2 and first.shape == again.shape

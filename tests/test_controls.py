@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline import imaging
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import controls
 from pipeline.models.base import Style, Stylizer
@@ -18,10 +19,10 @@ def test_luminance_keeps_the_content_chroma(photo: torch.Tensor) -> None:
     model = TintStylizer()
     plain = controls.stylize(model, photo, [Style(image=RED)])
     kept = controls.stylize(model, photo, [Style(image=RED)], preserve_color="luminance")
-    chroma = controls.rgb_to_ycbcr(photo)[:, 1:]
+    chroma = imaging.rgb_to_ycbcr(photo)[:, 1:]
     inside = ((kept > 0.001) & (kept < 0.999)).all(1, keepdim=True).expand(-1, 2, -1, -1)
-    kept_err = (controls.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max()
-    plain_err = (controls.rgb_to_ycbcr(plain)[:, 1:] - chroma).abs().mean()
+    kept_err = (imaging.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max()
+    plain_err = (imaging.rgb_to_ycbcr(plain)[:, 1:] - chroma).abs().mean()
     assert kept_err < 1e-4, f"chroma moved by {kept_err:.5f}"
     assert plain_err > 0.05  # without the control the red tint does change the chroma
 
@@ -162,10 +163,10 @@ def dumoulin():
 def test_luminance_keeps_chroma_on_a_real_network(dumoulin, photo: torch.Tensor) -> None:
     plain = controls.stylize(dumoulin, photo, [Style(index=3)])
     kept = controls.stylize(dumoulin, photo, [Style(index=3)], preserve_color="luminance")
-    chroma = controls.rgb_to_ycbcr(photo)[:, 1:]
+    chroma = imaging.rgb_to_ycbcr(photo)[:, 1:]
     inside = ((kept > 0.001) & (kept < 0.999)).all(1, keepdim=True).expand(-1, 2, -1, -1)
-    assert (controls.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max() < 1e-4
-    assert (controls.rgb_to_ycbcr(plain)[:, 1:] - chroma).abs().mean() > 0.02
+    assert (imaging.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max() < 1e-4
+    assert (imaging.rgb_to_ycbcr(plain)[:, 1:] - chroma).abs().mean() > 0.02
 
 
 def test_masked_regions_are_closer_to_their_own_style_on_a_real_network(dumoulin, photo: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from typer.testing import CliRunner
 
+from pipeline import imaging
 from pipeline.errors import WeightsError
 from pipeline.models import Style, controls, create
 from tests.helpers_ff import one_line, smooth_image
@@ -211,7 +212,7 @@ def test_runtime_controls_apply(published) -> None:
     kept = controls.stylize(model, content, [Style()], preserve_color="luminance", tile_pixels=None)
 
     def chroma_change(x: Tensor) -> float:
-        return (controls.rgb_to_ycbcr(x)[:, 1:] - controls.rgb_to_ycbcr(content)[:, 1:]).abs().mean().item()
+        return (imaging.rgb_to_ycbcr(x)[:, 1:] - imaging.rgb_to_ycbcr(content)[:, 1:]).abs().mean().item()
 
     assert chroma_change(kept) < 0.01 < chroma_change(whole)  # the photo's own colours (up to out-of-gamut clamps)
     assert controls.stylize(model, content, [Style()], max_side=40).shape[-2:] == (40, 33)

@@ -170,7 +170,7 @@ def test_ghiasi_predictor_matches_onnxruntime(ghiasi, ghiasi_q):
 def test_ghiasi_quantization_points_cover_the_export(ghiasi, ghiasi_q):
     """Each activation QuantizeLinear of both graphs has its own FakeQuant, and every FakeQuant has one."""
     mapped = [
-        gh.quant_point(name, graph)
+        onnx_port.ghiasi_quant_point(name, graph)
         for graph, file in (("predict", gh.PREDICT_FILE), ("transform", gh.TRANSFORM_FILE))
         for name in onnx_port.activation_quant_params(onnx_port.package_file(file))
     ]
@@ -195,7 +195,8 @@ def _export_roundings(file: str, graph: str, feeds) -> dict[str, np.ndarray]:
     sess = session(None, model.SerializeToString())
     outs = sess.run([n.output[0] for n in nodes], feeds(sess))
     return {
-        gh.quant_point(n.output[0], graph): (q.astype(np.float32) - inits[n.input[2]].item()) * inits[n.input[1]].item()
+        onnx_port.ghiasi_quant_point(n.output[0], graph): (q.astype(np.float32) - inits[n.input[2]].item())
+        * inits[n.input[1]].item()
         for n, q in zip(nodes, outs, strict=True)
     }
 
@@ -410,7 +411,7 @@ def test_cache_written_with_metadata_then_reused_without_onnx(cache, dumoulin, g
     with safe_open(str(gfile), framework="pt") as f:
         assert f.metadata()["format"] == onnx_port.CACHE_FORMAT
         names = list(f.keys())  # safe_open is not iterable
-        assert len([k for k in names if k.startswith(gh.ACT_QUANT)]) == 65 + 195
+        assert len([k for k in names if k.startswith(onnx_port.ACT_QUANT)]) == 65 + 195
     quant = gh.create_ghiasi(quantize_activations=True)  # its roundings come from the cache too
     assert float(quant.transformer.q_sigmoid.scale) == pytest.approx(1 / 256)
 

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import layout
-from pipeline.config import DEFAULT_STYLE_SCALE, JobConfig, load_config, parse_style_scale
+from pipeline import imaging, layout
+from pipeline.config import JobConfig, load_config
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import controls
 from pipeline.models.base import Style, Stylizer
 from pipeline.models.registry import ModelCard, ModelNotFound, get_card, register
 from pipeline.models.upsample import guided_upsample
+from pipeline.scale import DEFAULT_STYLE_SCALE, parse_style_scale
 from tests.fakes import TintStylizer, solid
 
 PERIOD = 16  # px: the test stylizer's stroke period at the size it is run at
@@ -139,7 +140,7 @@ def test_guided_upsampling_keeps_a_step_edge_sharp_where_bicubic_blurs_it() -> N
     edge at full size (px), and the error against the full-size truth near the edge."""
     photo = _step(64, 1024, edge=517)  # not on the 4 px grid of the working size
     truth = 0.1 + 0.8 * photo
-    low = 0.1 + 0.8 * controls.resize(photo, (16, 256))
+    low = 0.1 + 0.8 * imaging.resize(photo, (16, 256))
     guided = guided_upsample(low, photo)
     bicubic = F.interpolate(low, size=(64, 1024), mode="bicubic", align_corners=False).clamp(0, 1)
     row = slice(500, 540)
@@ -205,9 +206,9 @@ def test_masks_are_composited_at_full_size() -> None:
 def test_luminance_preservation_keeps_the_full_size_chroma() -> None:
     photo = _noisy(480, 1280)
     kept = controls.stylize(TintStylizer(), photo, [Style(image=RED)], preserve_color="luminance")
-    chroma = controls.rgb_to_ycbcr(photo)[:, 1:]
+    chroma = imaging.rgb_to_ycbcr(photo)[:, 1:]
     inside = ((kept > 0.001) & (kept < 0.999)).all(1, keepdim=True).expand(-1, 2, -1, -1)
-    assert (controls.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max() < 1e-4
+    assert (imaging.rgb_to_ycbcr(kept)[:, 1:] - chroma).abs()[inside].max() < 1e-4
 
 
 def test_tiling_runs_at_the_working_size() -> None:
@@ -222,7 +223,7 @@ def test_tiling_runs_at_the_working_size() -> None:
 def test_mixed_style_calls_use_the_style_scale() -> None:
     photo = smooth_photo(2560).expand(2, -1, -1, -1)
     model = Stripes()
-    out = controls.stylize_each(model, photo, [[Style(index=0)], [Style(index=1)]], style_scale=640)
+    out = controls.stylize(model, photo, [[Style(index=0)], [Style(index=1)]], style_scale=640)
     assert model.sizes == [(480, 640)]
     assert measured_period(out[1:]) == pytest.approx(4 * PERIOD, rel=0.03)
 

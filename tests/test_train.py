@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pipeline.checkpoints import find_checkpoints
 from pipeline.errors import ConfigError, ManifestError
-from pipeline.models import create, vgg
+from pipeline.models import create, vgg, vgg_layout
 from pipeline.models.base import Style
 from pipeline.models.weights import read_metadata
 from pipeline.train.config import FAMILIES, TrainConfig
@@ -45,7 +45,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     threads = torch.get_num_threads()  # the runs below set 1 (cpus_per_worker); restored afterwards
     torch.manual_seed(0)
     enc = vgg.VGGEncoder("vgg16", last="relu5_1")
-    enc.set_input_convention(*vgg.caffe_affine())  # Caffe scale like hed-vgg16, so default weights apply
+    enc.set_input_convention(*vgg_layout.caffe_affine())  # Caffe scale like hed-vgg16, so default weights apply
     save_file(vgg.to_state_dict(enc), str(root / "vgg16-random.safetensors"))
     uris = []
     for i in range(5):
@@ -212,11 +212,11 @@ def test_layer_gains_bring_hed_to_the_normalised_scale() -> None:
     from pipeline.train.task import LAYER_MEANS, layer_gains
 
     hed = vgg.VGGEncoder("vgg16", last="relu5_1", source="hed-vgg16")
-    hed.set_input_convention(*vgg.caffe_affine())
+    hed.set_input_convention(*vgg_layout.caffe_affine())
     gains = layer_gains(hed, ["relu1_1", "relu4_1"])
     assert gains == {k: 1 / LAYER_MEANS["hed-vgg16"][k] for k in ("relu1_1", "relu4_1")}
     other = vgg.VGGEncoder("vgg16", last="relu5_1", source="/weights/vgg_normalised.pth")
-    other.set_input_convention(*vgg.caffe_affine())
+    other.set_input_convention(*vgg_layout.caffe_affine())
     assert layer_gains(other, ["relu1_1"]) == {"relu1_1": pytest.approx(1.0)}
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipeline.models import vgg
+from pipeline.models import vgg, vgg_layout
 
 CLI = "import sys; from pipeline.cli import main; sys.argv[0] = 'stylize'; main()"
 
@@ -28,7 +28,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train-cli")
     torch.manual_seed(0)
     enc = vgg.VGGEncoder("vgg16", last="relu5_1")
-    enc.set_input_convention(*vgg.caffe_affine())
+    enc.set_input_convention(*vgg_layout.caffe_affine())
     save_file(vgg.to_state_dict(enc), str(root / "vgg16.safetensors"))
     rng = np.random.default_rng(0)
     photos = []

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import ConfigError, WeightsError
-from pipeline.models import vgg
+from pipeline.models import vgg, vgg_layout
 from pipeline.models.vgg import VGGEncoder, from_state_dict, load_encoder, to_state_dict
 
 NAMED = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
@@ -65,8 +65,8 @@ def test_torchvision_parity(arch):
     enc = from_state_dict(tv.state_dict(), last="relu5_1")
     assert enc.arch == arch
     x = torch.rand(2, 3, 40, 52)
-    mean = torch.tensor(vgg.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(vgg.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(vgg_layout.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(vgg_layout.IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         ref = run_sequential(tv.features, (x - mean) / std)
         ours = enc(x, layers=NAMED)

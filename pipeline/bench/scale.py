@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.config import DEFAULT_STYLE_SCALE
+from pipeline import imaging
 from pipeline.devices import resolve_device
 from pipeline.metrics import QualityScorer
 from pipeline.models import controls, create
 from pipeline.models.base import Style, Stylizer
+from pipeline.scale import DEFAULT_STYLE_SCALE
 
 VIEW_SIDE = 256  # the common viewing size of the style distances
 JOHNSON_CANDY = "docs/training/johnson-candy.safetensors"
@@ -58,7 +59,7 @@ def photo(path: str | None, side: int) -> torch.Tensor:
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) -> (B,1,H-1,W-1) magnitude of the luminance's forward differences."""
-    y = controls.luminance(x)
+    y = imaging.luminance(x)
     dx, dy = y[..., :-1, 1:] - y[..., :-1, :-1], y[..., 1:, :-1] - y[..., :-1, :-1]
     return (dx * dx + dy * dy).sqrt()
 
@@ -138,7 +139,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
                     if mode != "native":
                         work = controls.working_size(tuple(content.shape[-2:]), mode)
                         assert work is not None
-                        small = controls.stylize(model, controls.resize(content, work), styles, style_scale="native")
+                        small = controls.stylize(model, imaging.resize(content, work), styles, style_scale="native")
                         bicubic = F.interpolate(small, size=content.shape[-2:], mode="bicubic", align_corners=False)
                         row["bicubic_sharpness"] = round(sharpness(bicubic.clamp(0, 1)), 5)
                         if args.crops and name == args.stylizer[0] and i == 0 and side == max(args.size):

@@ -26,10 +26,10 @@ def _photos() -> dict[str, np.ndarray]:
 
 def main() -> None:
     from pipeline.batching import TOLERANCE
-    from pipeline.codec import fit, to_tensor
+    from pipeline.codec import to_tensor
+    from pipeline.imaging import fit, resize
     from pipeline.models import create
     from pipeline.models.base import Style
-    from pipeline.models.controls import resize
 
     model = create("dumoulin", device="cpu")
     style = [Style(index=7)]

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.config import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, parse_style_scale
 from pipeline.errors import ConfigError, InputError
+from pipeline.scale import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, parse_style_scale
 
 if TYPE_CHECKING:  # torch and the models load when the command runs, not for every `stylize` call
     import torch
@@ -117,10 +117,10 @@ def image(
 ) -> None:
     """Stylize one image and write it to --output."""
     import torch
-    import torch.nn.functional as F
 
-    from pipeline.codec import encode_image, fit, read_image, to_array, to_tensor
+    from pipeline.codec import encode_image, read_image, to_array, to_tensor
     from pipeline.devices import resolve_device
+    from pipeline.imaging import fit, resize_masks
     from pipeline.models import controls, get_card
     from pipeline.models.base import Style
     from pipeline.models.engines import load_stylizer
@@ -156,7 +156,7 @@ def image(
     # the one max-side fit that batch jobs use too, so both feed the model the same pixels
     pixels = fit(decoded.array, max_side)
     if masks is not None and masks.shape[-2:] != pixels.shape[:2]:
-        masks = F.interpolate(masks, size=pixels.shape[:2], mode="bilinear", align_corners=False)
+        masks = resize_masks(masks, pixels.shape[:2])
     out = controls.stylize(
         model,
         to_tensor(pixels),

@@ -23,8 +23,8 @@ from pipeline.cli.image import (
     WeightsOpt,
     default_style,
 )
-from pipeline.config import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, parse_style_scale
 from pipeline.errors import ConfigError
+from pipeline.scale import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, parse_style_scale
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
 

@@ -121,6 +121,7 @@ class AdaIN(Stylizer):
     native_masks = True
     # relu4_1 needs >= 2 px after three ceil-mode pools for its reflection pad: 9 -> 5 -> 3 -> 2
     min_px = 9
+    style_side = 512  # see Stylizer.style_side
 
     def __init__(self, encoder: vgg.VGGEncoder, decoder: nn.Sequential) -> None:
         super().__init__()

@@ -8,9 +8,11 @@ padding to the network's stride, validation and the generic controls live here a
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.imaging import resize_max_side
 
 StyleKind = Literal["image", "index", "fixed"]
 
@@ -35,6 +38,24 @@ class Style:
     index: int | None = None
     weight: float = 1.0
     label: str = ""
+    # the token the per-actor style caches know ``image`` by: "" means a hash of its pixels (``token``);
+    # the controls set it on the styles they prepare, and None on styles built for one call only
+    # (colour preservation restyles the style for each photo), which are never cached
+    key: str | None = ""
+
+    @cached_property
+    def token(self) -> str | None:
+        """A stable name for what this style looks like, the same for equal pixels in any tensor: ``key``, a
+        hash of the image's pixels (computed once per ``Style`` object), ``index:N``, or ``fixed``; None
+        where ``key`` is None (a one-call style)."""
+        if self.image is None:
+            return "fixed" if self.index is None else f"index:{self.index}"
+        if self.key is None or self.key:
+            return self.key
+        pixels = self.image.detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16)
+        digest.update(repr(tuple(pixels.shape)).encode())
+        return f"pixels:{digest.hexdigest()}"
 
     def image_batch(self, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
         if self.image is None:
@@ -111,31 +132,55 @@ class Stylizer(nn.Module):
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    # styles (prepared images, their encodings) kept per model, i.e. per actor: a few recent ones
     STYLE_CACHE_SIZE: ClassVar[int] = 8
+    # longest side (px) a style image is taken at, for the families that encode style images (None: as
+    # given). pytorch-AdaIN's test.py resizes styles to 512 (its shorter side); capping the longer side
+    # instead never enlarges a style and bounds the encoder's (and SANet's attention's) memory for any aspect
+    style_side: ClassVar[int | None] = None
+
+    def _remember(self, cache_name: str, key: Hashable | None, make: Callable[[], Any]) -> Any:
+        """``make()``, kept under ``key`` in this model's LRU ``cache_name`` (a ``key`` of None: not kept)."""
+        if key is None:
+            return make()
+        cache: OrderedDict[Hashable, Any] = self.__dict__.setdefault(cache_name, OrderedDict())
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = make()
+        while len(cache) > self.STYLE_CACHE_SIZE:
+            cache.popitem(last=False)
+        return value
+
+    def prepare_style(self, style: Style, *, device: torch.device, dtype: torch.dtype = torch.float32) -> Style:
+        """``style`` with its image as the network takes it: a contiguous ``(1,3,h,w)`` batch on ``device`` in
+        ``dtype``, the longer side capped at ``style_side``, named by its ``token`` (so later lookups do not
+        hash it again). Remembered per token, device and dtype: a job's batches and a video's frames share
+        one prepared copy. Styles without an image come back as they are."""
+        if style.image is None:
+            return style
+        token = style.token
+
+        def make() -> Tensor:
+            return resize_max_side(style.image_batch(device, dtype), self.style_side).contiguous()
+
+        image = self._remember("_prepared_styles", None if token is None else (token, device, dtype), make)
+        return replace(style, image=image, key=token)
 
     def style_features(
         self, style: Style, encode: Callable[[Tensor], Any], *, device: torch.device, dtype: torch.dtype
     ) -> Any:
-        """``encode(style image)`` after the ``min_px`` check, remembered per style image: a batch job with
-        one style encodes it once.
+        """``encode(style image)`` after the ``min_px`` check, remembered per style ``token``, device and
+        dtype: a batch job, or a video, with one style encodes it once per actor. One-call styles (a
+        ``key`` of None: colour preservation's per-photo restyling) are encoded every time."""
+        style = self.prepare_style(style, device=device, dtype=dtype)
 
-        Keyed on the image tensor object itself (kept alive by the entry, so its id cannot be reused)
-        plus device and dtype; a few recent styles are kept.
-        """
-        cache: OrderedDict[tuple[int, torch.device, torch.dtype], tuple[Tensor, Any]]
-        cache = self.__dict__.setdefault("_style_cache", OrderedDict())
-        key = (id(style.image), device, dtype)
-        hit = cache.get(key)
-        if hit is not None and hit[0] is style.image:
-            cache.move_to_end(key)
-            return hit[1]
-        image = style.image_batch(device, dtype)
-        self.require_min_size(image, what="style images")
-        value = encode(image)
-        cache[key] = (style.image, value)
-        while len(cache) > self.STYLE_CACHE_SIZE:
-            cache.popitem(last=False)
-        return value
+        def make() -> Any:
+            self.require_min_size(style.image, what="style images")
+            return encode(style.image)
+
+        token = style.token
+        return self._remember("_style_cache", None if token is None else (token, device, dtype), make)
 
     @property
     def device(self) -> torch.device:

@@ -1,19 +1,29 @@
 """Runtime controls shared by every family: resolution, colour preservation, masks, tiling.
 
-``stylize`` is the one entry point the CLI, the batch worker and the benchmarks call. The
-family's own ``forward`` does alpha and style mixing (their meaning differs per method: see
-each family's docstring); everything here works on images and so is the same for all:
+``stylize`` is the one entry point for every model call: the CLI, the batch worker, videos and the
+benchmarks call it, with one style list for the whole batch or one per image (a call that mixes styles
+goes through the family's ``forward_each`` in here, so every control below applies to it alike, and each
+image comes out as it would alone). The family's own ``forward`` does alpha and style mixing (their
+meaning differs per method: see each family's docstring); everything here works on images and so is the
+same for all:
+
+- styles are prepared once per model (so once per actor): each style image is moved to the model's
+  device and capped at the family's ``style_side`` once, and families that encode style images (adain,
+  wct, sanet, ghiasi) encode it once, keyed by the style's ``token`` (a hash of its pixels) rather than
+  the tensor object (``Stylizer.prepare_style``, ``Stylizer.style_features``; a few recent styles kept).
+  The one exception is colour preservation, whose styles are recoloured for each photo and so encoded
+  on every call.
 
 - ``preserve_color="luminance"``: transfer on luminance only (Gatys et al. 2016, "Preserving
   colour in neural artistic style transfer"): content and styles go in as grey luminance
-  (the styles' luminance matched to the content's mean/std), and the output's luminance is
+  (the styles' luminance matched to each photo's own mean/std), and the output's luminance is
   recombined with the content's own chroma (YCbCr, BT.601), so the photo's colours stay.
 - ``preserve_color="histogram"``: each style image's colour mean and covariance are matched to
-  the content's before stylizing (same paper). Index/fixed-style networks have no style image,
+  each photo's before stylizing (same paper). Index/fixed-style networks have no style image,
   so for them the output's colour statistics are matched to the content's instead.
 - masks: ``(B|1, K, H, W)``, one soft mask per style. Families with ``native_masks`` blend
   inside the network (features); for the others each style is rendered and composited.
-- ``max_side``: cap the longer side (the output is then that size; ``resize_max_side``);
+- ``max_side``: cap the longer side (the output is then that size; ``imaging.resize_max_side``);
   default keeps the size.
 - ``style_scale``: the longer side (px) at which strokes are painted, so a 4096 px photo looks as
   stylized as a 1024 px one. A photo larger than it is stylized at that working size (every style,
@@ -35,44 +45,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.config import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, StyleScale, parse_style_scale
 from pipeline.errors import ConfigError, InputError
+from pipeline.imaging import luminance, resize, resize_masks, resize_max_side, rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.models.base import Style, Stylizer, check_images
 from pipeline.models.upsample import guided_upsample
+from pipeline.scale import DEFAULT_STYLE_SCALE, DEFAULT_TILE_PIXELS, StyleScale, parse_style_scale
 
 ColorMode = Literal["none", "luminance", "histogram"]
 COLOR_MODES: tuple[str, ...] = ("none", "luminance", "histogram")
 # consecutive tiles share at least this many px; the outer TILE_CONTEXT px of each get zero weight
 TILE_OVERLAP = 64
 TILE_CONTEXT = 16
-
-_RGB_TO_YCBCR = torch.tensor(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float32
-)
-
-
-def rgb_to_ycbcr(x: Tensor) -> Tensor:
-    """(B,3,H,W) RGB in [0,1] -> YCbCr with Y in [0,1] and Cb, Cr centred on 0."""
-    return torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
-
-
-def ycbcr_to_rgb(x: Tensor) -> Tensor:
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_RGB_TO_YCBCR).to(x), x)
-
-
-def luminance(x: Tensor) -> Tensor:
-    """(B,3,H,W) -> (B,1,H,W) BT.601 luma."""
-    return rgb_to_ycbcr(x)[:, :1]
+PerImage = list[list[Style]]  # one style list per image of a batch
 
 
 def _grey_matched(y: Tensor, ref_y: Tensor) -> Tensor:
-    """Luminance ``y`` with its mean/std moved to those of ``ref_y`` (all images pooled), as 3 channels."""
+    """Luminance ``y`` with its mean/std moved to those of ``ref_y`` (one photo's), as 3 channels."""
     y = (y - y.mean()) / (y.std() + 1e-6) * ref_y.std() + ref_y.mean()
     return y.clamp(0, 1).expand(-1, 3, -1, -1)
 
@@ -97,36 +90,6 @@ def match_color(source: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
     flat = source.permute(1, 0, 2, 3).reshape(3, -1).double()
     out = transform @ (flat - mu_s) + mu_t
     return out.reshape(3, source.shape[0], *source.shape[2:]).permute(1, 0, 2, 3).to(source.dtype).clamp(0, 1)
-
-
-def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``x`` (B,C,H,W) resampled to ``size`` (H, W) with the package's one filter: bilinear with
-    antialias (a triangle filter widened by the scale factor when downscaling, so it does not alias;
-    non-negative weights that sum to 1, so [0,1] stays [0,1]). The same size comes back unchanged."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def resize_max_side(x: Tensor, max_side: int | None) -> Tensor:
-    """Downscale ``x`` (B,3,H,W) float in [0,1] so its longer side is at most ``max_side``.
-
-    The one max-side resize of the package (CLI, batch jobs, training, metrics all call this), so
-    the same photo and setting give the same pixels everywhere. Filter: bilinear with antialias
-    (``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``: a triangle filter
-    widened by the scale factor, so downscaling does not alias); the weights are non-negative and
-    sum to 1, so [0,1] stays [0,1]. The aspect ratio is kept (each side rounded, at least 1 px).
-    ``None`` (or 0) and images already small enough come back unchanged; it never upscales.
-    """
-    if not max_side:
-        return x
-    if max_side < 1:
-        raise ConfigError(f"max_side must be a positive number of pixels, got {max_side}")
-    h, w = x.shape[-2:]
-    if max(h, w) <= max_side:
-        return x
-    scale = max_side / max(h, w)
-    return resize(x, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 def check_masks(masks: Tensor, content: Tensor, n_styles: int) -> Tensor:
@@ -173,10 +136,36 @@ def _starts(size: int, tile: int, overlap: int) -> list[int]:
     return [round(i * step) for i in range(n)]
 
 
+def _signature(styles: list[Style]) -> tuple[tuple[str, float], ...]:
+    """What a style list does, for grouping images that share it: tokens and weights. A one-call style
+    (token None) is its own group."""
+    return tuple((s.token if s.token is not None else f"id:{id(s)}", s.weight) for s in styles)
+
+
+def _network(
+    model: Stylizer, content: Tensor, styles: PerImage, *, alpha: float, masks: Tensor | None, **extra: Any
+) -> Tensor:
+    """The model on ``content`` (B,3,H,W) with ``styles[i]`` for image i: one ``forward`` where every image
+    has the same styles, one ``forward_each`` pass where the family conditions per sample, else one
+    ``forward`` per group of images with equal styles. Each image gets what it would get alone."""
+    groups: dict[tuple[tuple[str, float], ...], list[int]] = {}
+    for i, own in enumerate(styles):
+        groups.setdefault(_signature(own), []).append(i)
+    if len(groups) == 1:
+        return model(content, styles[0], alpha=alpha, masks=masks, **extra)
+    if masks is None and not extra and model.per_sample_styles:
+        return model.forward_each(content, styles, alpha=alpha)
+    out = torch.empty_like(content)
+    for idx in groups.values():
+        own_masks = masks[idx] if masks is not None else None
+        out[idx] = model(content[idx], styles[idx[0]], alpha=alpha, masks=own_masks, **extra)
+    return out
+
+
 def tiled(
     model: Stylizer,
     content: Tensor,
-    styles: list[Style],
+    styles: PerImage,
     *,
     alpha: float,
     masks: Tensor | None,
@@ -193,7 +182,7 @@ def tiled(
         for ix, x0 in enumerate(xs):
             y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
             patch_masks = masks[..., y0:y1, x0:x1] if masks is not None else None
-            patch = model(content[..., y0:y1, x0:x1], styles, alpha=alpha, masks=patch_masks)
+            patch = _network(model, content[..., y0:y1, x0:x1], styles, alpha=alpha, masks=patch_masks)
             wy = _feather(y1 - y0, overlap, iy == 0, iy == len(ys) - 1, content.device)
             wx = _feather(x1 - x0, overlap, ix == 0, ix == len(xs) - 1, content.device)
             weight = (wy[:, None] * wx[None, :]).to(content.dtype)
@@ -216,7 +205,7 @@ def working_size(size: tuple[int, int], style_scale: StyleScale) -> tuple[int, i
 def _render(
     model: Stylizer,
     content: Tensor,
-    styles: list[Style],
+    styles: PerImage,
     *,
     alpha: float,
     masks: Tensor | None,
@@ -228,8 +217,8 @@ def _render(
     if work is None:
         return _run(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels)
     if model.own_style_scale:
-        return model(content, styles, alpha=alpha, masks=masks, working_side=max(work))
-    small_masks = resize(masks, work) if masks is not None else None
+        return _network(model, content, styles, alpha=alpha, masks=masks, working_side=max(work))
+    small_masks = resize_masks(masks, work) if masks is not None else None
     return _upsampled(
         model,
         content,
@@ -249,27 +238,10 @@ def _upsampled(
     return alpha * out + (1.0 - alpha) * content if blend else out
 
 
-def stylize_each(
-    model: Stylizer,
-    content: Tensor,
-    styles: list[list[Style]],
-    *,
-    alpha: float = 1.0,
-    style_scale: StyleScale = DEFAULT_STYLE_SCALE,
-) -> Tensor:
-    """``model.forward_each`` (one style list per image of ``content`` (B,3,H,W)) under the style scale, for
-    a batch call that mixes styles; the other controls are ``stylize``'s."""
-    check_images(content)
-    work = working_size(tuple(content.shape[-2:]), parse_style_scale(style_scale))
-    if work is None:
-        return model.forward_each(content, styles, alpha=alpha)
-    return _upsampled(model, content, work, alpha, lambda small, a: model.forward_each(small, styles, alpha=a))
-
-
 def _run(
     model: Stylizer,
     content: Tensor,
-    styles: list[Style],
+    styles: PerImage,
     *,
     alpha: float,
     masks: Tensor | None,
@@ -278,13 +250,45 @@ def _run(
     h, w = content.shape[-2:]
     if model.feed_forward and tile_pixels and h * w > tile_pixels:
         return tiled(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels)
-    return model(content, styles, alpha=alpha, masks=masks)
+    return _network(model, content, styles, alpha=alpha, masks=masks)
+
+
+def per_image_styles(styles: list[Style] | PerImage, batch: int) -> PerImage:
+    """``styles`` as one list per image: a flat list is every image's (the same list object for all)."""
+    if styles and all(isinstance(s, list) for s in styles):
+        if len(styles) != batch:
+            raise InputError(f"give one style list per image: {len(styles)} lists for a batch of {batch}")
+        return list(styles)  # type: ignore[arg-type]
+    if not all(isinstance(s, Style) for s in styles):
+        raise ConfigError("styles must be a list of Style, or one list of Style per image")
+    return [styles] * batch  # type: ignore[list-item]
+
+
+def _colour_styles(styles: PerImage, content: Tensor, preserve_color: ColorMode) -> PerImage:
+    """Each image's style images recoloured for colour preservation, from that image alone (so a photo's
+    result does not depend on the batch it is in). These styles depend on the photo, so they are built
+    for this call only (``key=None``: the style caches skip them)."""
+    if preserve_color == "none":
+        return styles
+    out = []
+    for i, own in enumerate(styles):
+        photo = content[i : i + 1]
+        restyled = []
+        for s in own:
+            if s.image is None:
+                restyled.append(s)
+            elif preserve_color == "luminance":
+                restyled.append(replace(s, image=_grey_matched(luminance(s.image), luminance(photo)), key=None))
+            else:
+                restyled.append(replace(s, image=match_color(s.image, photo), key=None))
+        out.append(restyled)
+    return out
 
 
 def stylize(
     model: Stylizer,
     content: Tensor,
-    styles: list[Style],
+    styles: list[Style] | PerImage,
     *,
     alpha: float = 1.0,
     preserve_color: ColorMode = "none",
@@ -295,48 +299,51 @@ def stylize(
 ) -> Tensor:
     """Stylize content ``(B,3,H,W)`` in [0,1] with every control applied; returns ``(B,3,H',W')`` in [0,1].
 
-    ``H', W'`` equal ``H, W`` unless ``max_side`` caps them. ``masks`` ``(B|1,K,H,W)`` assigns
-    the K styles to regions (soft masks, normalised per pixel). ``style_scale``: a longer side in px
-    or ``"native"`` (see the module docstring).
+    ``styles``: one list for every image, or one list per image (a call that mixes styles; each image
+    then gets exactly what it would get alone, every control included). ``H', W'`` equal ``H, W`` unless
+    ``max_side`` caps them. ``masks`` ``(B|1,K,H,W)`` assigns each image's K styles to regions (soft masks,
+    normalised per pixel). ``style_scale``: a longer side in px or ``"native"`` (see the module docstring).
     """
     check_images(content)
     if preserve_color not in COLOR_MODES:
         raise ConfigError(f"preserve_color must be one of {', '.join(COLOR_MODES)}, got {preserve_color!r}")
+    if max_side is not None and max_side < 0:
+        raise ConfigError(f"max_side must be a positive number of pixels, got {max_side}")
     style_scale = parse_style_scale(style_scale)
-    model.check_styles(styles)
+    per_image = per_image_styles(styles, content.shape[0])
+    for own in {id(own): own for own in per_image}.values():
+        model.check_styles(own)
     device = model.device
     content = resize_max_side(content.to(device), max_side)
     work = working_size(tuple(content.shape[-2:]), style_scale)
     if masks is not None:
+        counts = {len(own) for own in per_image}
+        if len(counts) != 1:
+            raise InputError(f"masks need the same number of styles for every image, got {sorted(counts)}")
         masks = masks.to(device)
-        if max_side and masks.shape[-2:] != content.shape[-2:]:
-            masks = F.interpolate(masks, size=content.shape[-2:], mode="bilinear", align_corners=False)
-        masks = check_masks(masks, content, len(styles))
-    styles = [replace(s, image=s.image.to(device)) if s.image is not None else s for s in styles]
+        if masks.shape[-2:] != content.shape[-2:] and max_side:
+            masks = resize_masks(masks, tuple(content.shape[-2:]))
+        masks = check_masks(masks, content, counts.pop())
+    # each style's image on the model's device, capped, once per actor (Stylizer.prepare_style)
+    prepared = {id(own): [model.prepare_style(s, device=device) for s in own] for own in per_image}
+    per_image = [prepared[id(own)] for own in per_image]
 
     original = content
+    per_image = _colour_styles(per_image, content, preserve_color)
     if preserve_color == "luminance":
-        content_y = luminance(content)
-        content = content_y.expand(-1, 3, -1, -1)
-        styles = [
-            replace(s, image=_grey_matched(luminance(s.image_batch(device)), content_y)) if s.image is not None else s
-            for s in styles
-        ]
-    elif preserve_color == "histogram":
-        styles = [
-            replace(s, image=match_color(s.image_batch(device), content)) if s.image is not None else s for s in styles
-        ]
+        content = luminance(content).expand(-1, 3, -1, -1)
 
     grad = torch.enable_grad if not model.feed_forward else torch.no_grad
     with grad():
         if masks is not None and not model.native_masks:
             out = torch.zeros_like(content)
-            for k, style in enumerate(styles):
+            for k in range(masks.shape[1]):
                 # each style rendered (at the working size, then full size), composited with the full-size masks
+                kth = {id(own): [replace(own[k], weight=1.0)] for own in per_image}
                 rendered = _render(
                     model,
                     content,
-                    [replace(style, weight=1.0)],
+                    [kth[id(own)] for own in per_image],
                     alpha=alpha,
                     masks=None,
                     tile_pixels=tile_pixels,
@@ -344,12 +351,18 @@ def stylize(
                 )
                 out += masks[:, k : k + 1] * rendered
         else:
-            out = _render(model, content, styles, alpha=alpha, masks=masks, tile_pixels=tile_pixels, work=work)
+            out = _render(model, content, per_image, alpha=alpha, masks=masks, tile_pixels=tile_pixels, work=work)
     out = out.detach()
 
     if preserve_color == "luminance":
         ycc = rgb_to_ycbcr(original)
         out = ycbcr_to_rgb(torch.cat([luminance(out), ycc[:, 1:]], 1))
-    elif preserve_color == "histogram" and all(s.image is None for s in styles):
-        out = torch.stack([match_color(o[None], c[None])[0] for o, c in zip(out, original, strict=True)])
+    elif preserve_color == "histogram":
+        # networks without a style image to recolour: the output's colours are matched to the photo's
+        out = torch.stack(
+            [
+                match_color(o[None], c[None])[0] if all(s.image is None for s in own) else o
+                for o, c, own in zip(out, original, per_image, strict=True)
+            ]
+        )
     return out.clamp(0, 1)

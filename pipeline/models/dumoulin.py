@@ -157,11 +157,6 @@ class Dumoulin(Stylizer):
         return out.contiguous()
 
 
-def _state_from_onnx(path: Path) -> dict[str, Tensor]:
-    # the export's initializer names (contract.0.w, res.3.1.norm.gamma, ...) are this module's keys
-    return {f"net.{k}": torch.from_numpy(v) for k, v in onnx_port.float_initializers(path).items()}
-
-
 def load_state(weights: str | None = None) -> dict[str, Tensor]:
     """Dumoulin's state dict from ``weights`` (.safetensors/.pth or .onnx) or the installed package."""
     if weights is not None and not weights.lower().endswith(".onnx"):
@@ -169,7 +164,7 @@ def load_state(weights: str | None = None) -> dict[str, Tensor]:
     path = Path(weights).expanduser() if weights is not None else onnx_port.package_file(ONNX_FILE)
     if not path.is_file():
         raise WeightsError(f"ONNX file not found: {path}")
-    state, _ = onnx_port.cached_state_dict("dumoulin", [path], lambda: _state_from_onnx(path))
+    state, _ = onnx_port.cached_state_dict("dumoulin", [path], lambda: onnx_port.dumoulin_state(path))
     return state
 
 

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import ConfigError
+from pipeline.imaging import resize
 from pipeline.models.base import Style, Stylizer, normalized_weights
-from pipeline.models.controls import resize
 from pipeline.models.losses import ContentLoss, GramStyleLoss, TVLoss
 from pipeline.models.registry import ModelCard, register
 from pipeline.models.upsample import guided_upsample

@@ -36,7 +36,6 @@ reflect-padded to a multiple of 4 and cropped back). Controls:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import WeightsError
+from pipeline.imaging import resize
 from pipeline.models import onnx_port
 from pipeline.models.base import Style, Stylizer, normalized_weights
-from pipeline.models.controls import resize
 from pipeline.models.dumoulin import instance_norm_affine, run_min_size
 from pipeline.models.registry import ModelCard, WeightSource, register
 from pipeline.models.weights import load_into, load_state_dict
@@ -306,8 +305,8 @@ class Ghiasi(Stylizer):
         return self.predictor(square_crop_resize(images))
 
     def _style_vector(self, style: Style, content: Tensor) -> Tensor:
-        """(100,) for one style image, remembered per image (``style_features``): a video's frames, or a
-        job's photos, run the MobileNet predictor on their style once."""
+        """(100,) for one style image, remembered per style token (``style_features``): a video's frames, or
+        a job's photos, run the MobileNet predictor on their style once per actor."""
         return self.style_features(style, self.style_vectors, device=content.device, dtype=content.dtype).mean(0)
 
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
@@ -333,107 +332,6 @@ class Ghiasi(Stylizer):
         return run_min_size(self.transformer, content, vec).contiguous()
 
 
-_ONNX_KEYS = [
-    (r"MobilenetV2/Conv/weights", "predictor.stem"),
-    (r"MobilenetV2/expanded_conv/(\w+)/(?:depthwise_)?weights", r"predictor.blocks.0.\1"),
-    (r"MobilenetV2/expanded_conv_(\d+)/(\w+)/(?:depthwise_)?weights", r"predictor.blocks.\1.\2"),
-    (r"MobilenetV2/Conv_1/weights", "predictor.head"),
-    (r"mobilenet_conv/Conv/weights", "predictor.bottleneck"),
-    (r"transformer/contract/conv(\d)/weights", r"transformer.contract.<\1>"),
-    (r"transformer/residual/residual(\d)/conv(\d)/weights", r"transformer.residual.<\1>.<\2>"),
-    (r"transformer/expand/conv(\d)/conv/weights", r"transformer.expand.<\1>"),
-]
-
-
-def torch_key(onnx_name: str) -> str:
-    """Map a conv weight's ONNX name to this module's parameter prefix (``<n>`` means n - 1)."""
-    norm = re.fullmatch(r"style_params/(.+)/StyleNorm/(Conv_1|Conv)/weights", onnx_name)
-    if norm:
-        # a StyleNorm's scale (Conv_1) and shift (Conv) belong to the transformer conv at the same path
-        return torch_key(f"{norm.group(1)}/weights") + (".norm.gamma" if norm.group(2) == "Conv_1" else ".norm.beta")
-    for pattern, repl in _ONNX_KEYS:
-        if re.fullmatch(pattern, onnx_name):
-            key = re.sub(pattern, repl, onnx_name)
-            return re.sub(r"<(\d+)>", lambda m: str(int(m.group(1)) - 1), key)
-    raise WeightsError(f"unexpected conv {onnx_name!r} in the ghiasi ONNX export")
-
-
-# prefix of the activation quantization entries in the cached state dict (not module weights)
-ACT_QUANT = "act_quant."
-# activation QuantizeLinear outputs -> FakeQuant paths: whole-graph points, by graph
-_GRAPH_POINTS = {
-    "predict": {
-        "style_image_int8": "predictor.q_in",
-        "bottleneck/Mean": "predictor.q_mean",
-        "mobilenet_conv/Conv/BiasAdd_int8": "predictor.q_out",
-    },
-    "transform": {
-        "mobilenet_conv/Conv/BiasAdd_int8": "transformer.q_style",
-        "transformer/contract/MirrorPad_int8": "transformer.contract.0.q_in",
-        "transformer/expand/conv3/conv/Sigmoid_int8": "transformer.q_sigmoid",
-    },
-}
-# a transformer layer's points, by the ONNX suffix after the layer's path
-_LAYER = r"(transformer/contract/conv\d|transformer/residual/residual\d/conv\d|transformer/expand/conv\d/conv)"
-_LAYER_POINTS = {
-    "Conv2D": "q_conv",
-    "Relu": "q_out",
-    "StyleNorm/batchnorm/add_1": "q_out",  # layers without ReLU end at the norm's last add
-    "StyleNorm/moments/mean": "norm.q_mean",
-    "StyleNorm/moments/SquaredDifference_int8": "norm.q_sqdiff",
-    "StyleNorm/moments/variance": "norm.q_var",
-    "StyleNorm/batchnorm/add": "norm.q_var_eps",
-    "StyleNorm/batchnorm/Rsqrt_int8": "norm.q_rsqrt",
-    "StyleNorm/batchnorm/mul": "norm.q_scale",
-    "StyleNorm/batchnorm/mul_2": "norm.q_mean_scale",
-    "StyleNorm/batchnorm/sub": "norm.q_shift",
-    "StyleNorm/batchnorm/mul_1": "norm.q_scaled",
-}
-
-
-def quant_point(onnx_name: str, graph: str) -> str:
-    """The FakeQuant path for the activation QuantizeLinear whose output is ``onnx_name`` in ``graph``.
-
-    ``graph`` is ``"predict"`` or ``"transform"``; ``WeightsError`` for a name with no point.
-    """
-    if onnx_name in _GRAPH_POINTS[graph]:
-        return _GRAPH_POINTS[graph][onnx_name]
-    if m := re.fullmatch(r"(MobilenetV2/.+)/(?:Relu6|BatchNorm/FusedBatchNormV3)", onnx_name):
-        return torch_key(f"{m[1]}/weights") + ".q_out"
-    if m := re.fullmatch(r"MobilenetV2/expanded_conv_(\d+)/add", onnx_name):
-        return f"predictor.blocks.{m[1]}.q_add"
-    if m := re.fullmatch(r"style_params/(.+)/StyleNorm/(Conv_1|Conv)/BiasAdd", onnx_name):
-        return torch_key(f"{m[1]}/weights") + (".norm.q_gamma" if m[2] == "Conv_1" else ".norm.q_beta")
-    if (m := re.fullmatch(_LAYER + "/(.+)", onnx_name)) and m[2] in _LAYER_POINTS:
-        return torch_key(f"{m[1]}/weights") + "." + _LAYER_POINTS[m[2]]
-    # the reflection pads' roundings are each conv's input ("MirrorPad_n" pads for conv n + 1)
-    if m := re.fullmatch(r"transformer/contract/MirrorPad_(\d)_int8", onnx_name):
-        return f"transformer.contract.{m[1]}.q_in"
-    if m := re.fullmatch(r"transformer/residual/residual(\d)/MirrorPad(_1)?_int8", onnx_name):
-        return f"transformer.residual.{int(m[1]) - 1}.{1 if m[2] else 0}.q_in"
-    if m := re.fullmatch(r"transformer/expand/conv(\d)/MirrorPad_int8", onnx_name):
-        return f"transformer.expand.{int(m[1]) - 1}.q_in"
-    if m := re.fullmatch(r"transformer/residual/residual(\d)/add", onnx_name):
-        return f"transformer.q_residual.{int(m[1]) - 1}"
-    raise WeightsError(f"unexpected activation quantization {onnx_name!r} in the ghiasi {graph} ONNX export")
-
-
-def _state_from_onnx(predict: Path, transform: Path) -> dict[str, Tensor]:
-    state: dict[str, Tensor] = {}
-    for path in (predict, transform):
-        for name, (w, b) in onnx_port.conv_params(path).items():
-            key = torch_key(name)
-            state[f"{key}.weight"] = torch.from_numpy(w)
-            state[f"{key}.bias"] = torch.from_numpy(b) if b is not None else torch.zeros(w.shape[0])
-    for graph, path in (("predict", predict), ("transform", transform)):
-        for name, params in onnx_port.activation_quant_params(path).items():
-            key = ACT_QUANT + quant_point(name, graph)
-            if key in state:
-                raise WeightsError(f"{path.name}: two activation quantizations map to {key!r}")
-            state[key] = torch.from_numpy(params)
-    return state
-
-
 def _onnx_pair(weights: str | None) -> tuple[Path, Path]:
     if weights is None:
         return onnx_port.package_file(PREDICT_FILE), onnx_port.package_file(TRANSFORM_FILE)
@@ -455,7 +353,9 @@ def load_state(weights: str | None = None) -> dict[str, Tensor]:
     if weights is not None and not (weights.lower().endswith(".onnx") or Path(weights).expanduser().is_dir()):
         return load_state_dict(weights)
     predict, transform = _onnx_pair(weights)
-    state, _ = onnx_port.cached_state_dict("ghiasi", [predict, transform], lambda: _state_from_onnx(predict, transform))
+    state, _ = onnx_port.cached_state_dict(
+        "ghiasi", [predict, transform], lambda: onnx_port.ghiasi_state(predict, transform)
+    )
     return state
 
 
@@ -468,7 +368,9 @@ def create_ghiasi(
     """Ghiasi from ``weights`` (see :func:`load_state`); ``quantize_activations``: round activations as the export."""
     model = Ghiasi()
     state = load_state(weights)
-    quant = {k.removeprefix(ACT_QUANT): state.pop(k) for k in list(state) if k.startswith(ACT_QUANT)}
+    quant = {
+        k.removeprefix(onnx_port.ACT_QUANT): state.pop(k) for k in list(state) if k.startswith(onnx_port.ACT_QUANT)
+    }
     load_into(model, state, what="ghiasi")
     if quantize_activations:
         if not quant:

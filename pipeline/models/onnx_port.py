@@ -8,7 +8,9 @@ output channel, done once), reads the constant scale and zero point of every act
 ``QuantizeLinear`` (for ports that reproduce the export's static int8 rounding), and
 caches the resulting tensors as safetensors under ``cache_dir()/onnx_port`` with the
 source file names and sha256 digests as metadata, so later loads read one small file and
-need neither ``onnx`` nor a graph walk.
+need neither ``onnx`` nor a graph walk. The name maps from the graphs' names to the ports' keys
+(``dumoulin_state``, ``ghiasi_state`` and its activation rounding points) live here too, so the family
+modules hold only their networks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -177,3 +180,115 @@ def cached_state_dict(
     save_file(state, str(tmp), metadata=meta)
     tmp.replace(target)
     return state, target
+
+
+# --- name maps: ONNX names -> the ports' state-dict keys ------------------------------------------
+
+
+def dumoulin_state(path: Path) -> dict[str, Tensor]:
+    """Dumoulin's state dict from its ONNX graph: the export's initializer names (contract.0.w,
+    res.3.1.norm.gamma, ...) are the port's keys under ``net.``."""
+    return {f"net.{k}": torch.from_numpy(v) for k, v in float_initializers(path).items()}
+
+
+_GHIASI_KEYS = [
+    (r"MobilenetV2/Conv/weights", "predictor.stem"),
+    (r"MobilenetV2/expanded_conv/(\w+)/(?:depthwise_)?weights", r"predictor.blocks.0.\1"),
+    (r"MobilenetV2/expanded_conv_(\d+)/(\w+)/(?:depthwise_)?weights", r"predictor.blocks.\1.\2"),
+    (r"MobilenetV2/Conv_1/weights", "predictor.head"),
+    (r"mobilenet_conv/Conv/weights", "predictor.bottleneck"),
+    (r"transformer/contract/conv(\d)/weights", r"transformer.contract.<\1>"),
+    (r"transformer/residual/residual(\d)/conv(\d)/weights", r"transformer.residual.<\1>.<\2>"),
+    (r"transformer/expand/conv(\d)/conv/weights", r"transformer.expand.<\1>"),
+]
+
+
+def ghiasi_key(onnx_name: str) -> str:
+    """Map a conv weight's ONNX name to this module's parameter prefix (``<n>`` means n - 1)."""
+    norm = re.fullmatch(r"style_params/(.+)/StyleNorm/(Conv_1|Conv)/weights", onnx_name)
+    if norm:
+        # a StyleNorm's scale (Conv_1) and shift (Conv) belong to the transformer conv at the same path
+        return ghiasi_key(f"{norm.group(1)}/weights") + (".norm.gamma" if norm.group(2) == "Conv_1" else ".norm.beta")
+    for pattern, repl in _GHIASI_KEYS:
+        if re.fullmatch(pattern, onnx_name):
+            key = re.sub(pattern, repl, onnx_name)
+            return re.sub(r"<(\d+)>", lambda m: str(int(m.group(1)) - 1), key)
+    raise WeightsError(f"unexpected conv {onnx_name!r} in the ghiasi ONNX export")
+
+
+# prefix of the activation quantization entries in the cached state dict (not module weights)
+ACT_QUANT = "act_quant."
+# activation QuantizeLinear outputs -> FakeQuant paths: whole-graph points, by graph
+_GHIASI_GRAPH_POINTS = {
+    "predict": {
+        "style_image_int8": "predictor.q_in",
+        "bottleneck/Mean": "predictor.q_mean",
+        "mobilenet_conv/Conv/BiasAdd_int8": "predictor.q_out",
+    },
+    "transform": {
+        "mobilenet_conv/Conv/BiasAdd_int8": "transformer.q_style",
+        "transformer/contract/MirrorPad_int8": "transformer.contract.0.q_in",
+        "transformer/expand/conv3/conv/Sigmoid_int8": "transformer.q_sigmoid",
+    },
+}
+# a transformer layer's points, by the ONNX suffix after the layer's path
+_GHIASI_LAYER = r"(transformer/contract/conv\d|transformer/residual/residual\d/conv\d|transformer/expand/conv\d/conv)"
+_GHIASI_LAYER_POINTS = {
+    "Conv2D": "q_conv",
+    "Relu": "q_out",
+    "StyleNorm/batchnorm/add_1": "q_out",  # layers without ReLU end at the norm's last add
+    "StyleNorm/moments/mean": "norm.q_mean",
+    "StyleNorm/moments/SquaredDifference_int8": "norm.q_sqdiff",
+    "StyleNorm/moments/variance": "norm.q_var",
+    "StyleNorm/batchnorm/add": "norm.q_var_eps",
+    "StyleNorm/batchnorm/Rsqrt_int8": "norm.q_rsqrt",
+    "StyleNorm/batchnorm/mul": "norm.q_scale",
+    "StyleNorm/batchnorm/mul_2": "norm.q_mean_scale",
+    "StyleNorm/batchnorm/sub": "norm.q_shift",
+    "StyleNorm/batchnorm/mul_1": "norm.q_scaled",
+}
+
+
+def ghiasi_quant_point(onnx_name: str, graph: str) -> str:
+    """The FakeQuant path for the activation QuantizeLinear whose output is ``onnx_name`` in ``graph``.
+
+    ``graph`` is ``"predict"`` or ``"transform"``; ``WeightsError`` for a name with no point.
+    """
+    if onnx_name in _GHIASI_GRAPH_POINTS[graph]:
+        return _GHIASI_GRAPH_POINTS[graph][onnx_name]
+    if m := re.fullmatch(r"(MobilenetV2/.+)/(?:Relu6|BatchNorm/FusedBatchNormV3)", onnx_name):
+        return ghiasi_key(f"{m[1]}/weights") + ".q_out"
+    if m := re.fullmatch(r"MobilenetV2/expanded_conv_(\d+)/add", onnx_name):
+        return f"predictor.blocks.{m[1]}.q_add"
+    if m := re.fullmatch(r"style_params/(.+)/StyleNorm/(Conv_1|Conv)/BiasAdd", onnx_name):
+        return ghiasi_key(f"{m[1]}/weights") + (".norm.q_gamma" if m[2] == "Conv_1" else ".norm.q_beta")
+    if (m := re.fullmatch(_GHIASI_LAYER + "/(.+)", onnx_name)) and m[2] in _GHIASI_LAYER_POINTS:
+        return ghiasi_key(f"{m[1]}/weights") + "." + _GHIASI_LAYER_POINTS[m[2]]
+    # the reflection pads' roundings are each conv's input ("MirrorPad_n" pads for conv n + 1)
+    if m := re.fullmatch(r"transformer/contract/MirrorPad_(\d)_int8", onnx_name):
+        return f"transformer.contract.{m[1]}.q_in"
+    if m := re.fullmatch(r"transformer/residual/residual(\d)/MirrorPad(_1)?_int8", onnx_name):
+        return f"transformer.residual.{int(m[1]) - 1}.{1 if m[2] else 0}.q_in"
+    if m := re.fullmatch(r"transformer/expand/conv(\d)/MirrorPad_int8", onnx_name):
+        return f"transformer.expand.{int(m[1]) - 1}.q_in"
+    if m := re.fullmatch(r"transformer/residual/residual(\d)/add", onnx_name):
+        return f"transformer.q_residual.{int(m[1]) - 1}"
+    raise WeightsError(f"unexpected activation quantization {onnx_name!r} in the ghiasi {graph} ONNX export")
+
+
+def ghiasi_state(predict: Path, transform: Path) -> dict[str, Tensor]:
+    """Ghiasi's state dict from its two ONNX graphs: conv weights under the port's keys, plus one
+    ``act_quant.<FakeQuant path>`` entry per activation rounding point."""
+    state: dict[str, Tensor] = {}
+    for path in (predict, transform):
+        for name, (w, b) in conv_params(path).items():
+            key = ghiasi_key(name)
+            state[f"{key}.weight"] = torch.from_numpy(w)
+            state[f"{key}.bias"] = torch.from_numpy(b) if b is not None else torch.zeros(w.shape[0])
+    for graph, path in (("predict", predict), ("transform", transform)):
+        for name, params in activation_quant_params(path).items():
+            key = ACT_QUANT + ghiasi_quant_point(name, graph)
+            if key in state:
+                raise WeightsError(f"{path.name}: two activation quantizations map to {key!r}")
+            state[key] = torch.from_numpy(params)
+    return state

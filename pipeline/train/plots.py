@@ -6,18 +6,18 @@ import io
 import math
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
 from pipeline.codec import encode_image, to_array
+from pipeline.imaging import resize
 
 
 def sample_grid(content: Tensor, style: Tensor, output: Tensor, *, gap: int = 4) -> bytes:
     """PNG of one row per sample: content | style | output; all (N,3,S,S) in [0,1] (style may be (1,...))."""
     n, _, h, w = content.shape
     style = style.expand(n, -1, -1, -1) if style.shape[0] == 1 else style
-    style = torch.nn.functional.interpolate(style, size=(h, w), mode="bilinear", align_corners=False)
+    style = resize(style, (h, w))
     canvas = np.full((n * h + (n + 1) * gap, 3 * w + 4 * gap, 3), 255, dtype=np.uint8)
     for i in range(n):
         for j, images in enumerate((content, style, output)):
