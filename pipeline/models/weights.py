@@ -23,11 +23,28 @@ SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".model", ".tar")
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit on the JSON header
 
 
+SHA256_SUFFIX = ".sha256"  # beside a fetched file: the digest it had when it was fetched
+
+
 def cache_dir() -> Path:
-    """``$STYLIZE_CACHE`` or ``~/.cache/stylize``; created on first use."""
-    root = Path(os.environ.get("STYLIZE_CACHE", Path.home() / ".cache" / "stylize"))
+    """``$STYLIZE_CACHE`` or the platform's user cache folder + ``stylize``; created on first use."""
+    import platformdirs
+
+    root = Path(os.environ.get("STYLIZE_CACHE") or platformdirs.user_cache_dir("stylize")).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The digest recorded beside ``path`` when it was fetched (``<file>.sha256``), or None."""
+    sidecar = path.with_name(path.name + SHA256_SUFFIX)
+    return sidecar.read_text().strip().lower() if sidecar.is_file() else None
+
+
+def cache_availability(folder: str, file: str, help_text: str) -> tuple[bool, str]:
+    """(present?, where) for one published file in ``cache_dir()/<folder>``; ``help_text`` when absent."""
+    path = cache_dir() / folder / file
+    return (True, str(path)) if path.is_file() else (False, help_text)
 
 
 def split_sha256(uri: str) -> tuple[str, str | None]:
@@ -81,6 +98,12 @@ def load_state_dict(uri: str, *, sha256: str | None = None) -> dict[str, Tensor]
         raise WeightsError(f"expected a weights file, got a directory: {path}")
     if digest and sha256_of(path) != digest:
         raise WeightsError(f"sha256 mismatch for {path}: expected {digest}")
+    recorded = None if digest else recorded_sha256(path)
+    if recorded and sha256_of(path) != recorded:
+        raise WeightsError(
+            f"{path} changed since it was fetched (its sha256 differs from {path.name}{SHA256_SUFFIX}); "
+            "fetch it again with `stylize models fetch`"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
