@@ -68,7 +68,7 @@ def check_can_start(config: JobConfig) -> None:
 
     import_plugins()
     card = get_card(config.stylizer)  # ModelNotFound lists the known names
-    ensure_weights(config.stylizer, config.weights)  # published files fetched here once, before Ray starts
+    ensure_weights(config.stylizer, config.weights, config.storage_options or None)  # fetched once, before Ray
     if not config.weights:
         available, how = card.availability()
         if not available:

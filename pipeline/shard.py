@@ -102,8 +102,8 @@ class ShardWorker:
         self.config = config
         self.device = resolve_device(config.device)
         kwargs: dict[str, Any] = {"device": self.device, "encoder_weights": config.encoder_weights}
-        if config.weights:
-            kwargs["weights"] = config.weights
+        if config.weights:  # a remote URI is read with the job's storage options
+            kwargs.update(weights=config.weights, storage_options=config.storage_options or None)
         from pipeline.models.engines import resolve_engine, with_engine
 
         engine = resolve_engine(config.engine, config.stylizer, self.device, custom_weights=bool(config.weights))

@@ -333,3 +333,27 @@ def test_fetch_needs_names_or_all_and_knows_the_names(cache: Path) -> None:
     assert runner.invoke(app, ["models", "fetch"]).exit_code != 0
     unknown = runner.invoke(app, ["models", "fetch", "nope"])
     assert unknown.exit_code != 0 and "unknown stylizer 'nope'" in str(unknown.exception)
+
+
+def test_staged_in_object_storage_and_read_with_the_jobs_storage_options(
+    server: SimpleNamespace, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.models import create
+    from tests.s3server import create_bucket, s3_server
+
+    server.files.update(adain_files())
+    server.files.update(johnson_files())
+    with s3_server(set_env=False) as endpoint:
+        create_bucket(endpoint, "weights")
+        monkeypatch.setenv("STYLIZE_S3_ENDPOINT", endpoint)  # what `fetch --to` reaches the store with
+        for name, prefix in (("adain", "s3://weights/adain/"), ("johnson", "s3://weights/johnson/")):
+            staged = runner.invoke(app, ["models", "fetch", name, "--to", prefix])
+            assert staged.exit_code == 0, staged.output
+        monkeypatch.delenv("STYLIZE_S3_ENDPOINT")
+        # a node with an empty cache and no egress: only the job's storage options reach the store
+        monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "node"))
+        monkeypatch.setenv("STYLIZE_OFFLINE", "1")
+        options = {"endpoint_url": endpoint}
+        assert create("johnson", weights="s3://weights/johnson/candy.pth", storage_options=options)
+        model = create("adain", weights="s3://weights/adain", storage_options=options)
+        assert model.encoder is not None and len(list((tmp_path / "node" / "remote").rglob("*.pth"))) == 3

@@ -18,6 +18,7 @@ through it, and a batch driver calls ``ensure_weights`` before Ray starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -30,7 +31,16 @@ from pipeline.errors import StorageError, WeightsError
 from pipeline.models.base import Stylizer
 from pipeline.models.registry import ModelCard, WeightSource, get_card, list_models
 from pipeline.models.registry import create as create_registered
-from pipeline.models.weights import SHA256_SUFFIX, cache_dir, load_state_dict, recorded_sha256, sha256_of
+from pipeline.models.weights import (
+    SAFE_SUFFIXES,
+    SHA256_SUFFIX,
+    cache_dir,
+    load_state_dict,
+    local_path,
+    recorded_sha256,
+    sha256_of,
+    split_sha256,
+)
 
 OFFLINE_ENV = "STYLIZE_OFFLINE"
 MIRROR_ENV = "STYLIZE_WEIGHTS_MIRROR"
@@ -234,15 +244,34 @@ def _is_network_name(weights: str) -> bool:
     return "/" not in weights and "\\" not in weights and "." not in weights and not Path(weights).exists()
 
 
-def ensure_weights(name: str, weights: str | None, *, say: Say = _stderr) -> str | None:
+def _copy_remote(card: ModelCard, uri: str, storage_options: dict[str, Any] | None) -> None:
+    """Copy remote weights into the cache with the job's storage options, where the loaders then find them:
+    one file, or the published files under a prefix (each one that is there: the loader names what is not)."""
+    uri = split_sha256(uri)[0]
+    if Path(uri).suffix in SAFE_SUFFIXES:
+        local_path(uri, storage_options)
+        return
+    for record in published_files(card):
+        for file in record.members or (record.file,):
+            with contextlib.suppress(WeightsError):
+                local_path(f"{uri.rstrip('/')}/{file}", storage_options)
+
+
+def ensure_weights(
+    name: str, weights: str | None, storage_options: dict[str, Any] | None = None, *, say: Say = _stderr
+) -> str | None:
     """The ``weights`` to give stylizer ``name``'s factory, fetching published files on first use.
 
     Families that read a cache folder (adain, wct, sanet) get ``None`` back once their files are in
     place; one-network-per-file families (johnson, the GANs) get the cache path of the network
     ``weights`` names (``candy``), or of their default network without ``weights``. Anything else
-    (a path, a URI, a safetensors file) is returned as given. Offline, nothing is fetched.
+    (a path, a URI, a safetensors file) is returned as given; a remote URI is first copied into the
+    cache with ``storage_options``. Offline, nothing is fetched from publishers or mirrors.
     """
     card = get_card(name)
+    if weights is not None and "://" in weights and not weights.startswith("file://"):
+        _copy_remote(card, weights, storage_options)
+        return weights
     if card.default_network:
         net = weights if weights is not None and _is_network_name(weights) else None
         found = network_file(card, net or card.default_network) if weights is None or net else None
@@ -267,9 +296,13 @@ def ensure_weights(name: str, weights: str | None, *, say: Say = _stderr) -> str
 
 
 def create(name: str, **kwargs: Any) -> Stylizer:
-    """``registry.create`` with published weights located, and fetched on first use (``ensure_weights``)."""
+    """``registry.create`` with published weights located, and fetched on first use (``ensure_weights``).
+
+    ``storage_options`` (a job's) are used to read remote ``weights``.
+    """
     given = kwargs.get("weights")
-    weights = ensure_weights(name, None if given is None else str(given))
+    storage_options = kwargs.pop("storage_options", None)  # for remote weights; the factories never see them
+    weights = ensure_weights(name, None if given is None else str(given), storage_options)
     if weights is not None or "weights" in kwargs:
         kwargs["weights"] = weights
     return create_registered(name, **kwargs)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -55,8 +56,11 @@ def split_sha256(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
-def local_path(uri: str) -> Path:
-    """A local file for ``uri``, copying remote objects into the cache first."""
+def local_path(uri: str, storage_options: dict[str, Any] | None = None) -> Path:
+    """A local file for ``uri``, copying remote objects into the cache first (once per URI).
+
+    ``storage_options`` are the job's (credentials, endpoint); a later call without them finds the copy.
+    """
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if "://" not in uri:
@@ -64,14 +68,15 @@ def local_path(uri: str) -> Path:
         if not path.exists():
             raise WeightsError(f"weights file not found: {path}")
         return path
-    import fsspec
+    from pipeline.storage import open_fs
 
     target = cache_dir() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(uri).name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with fsspec.open(uri, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
-                dst.write(src.read())
+            fs, path = open_fs(uri, storage_options)
+            with fs.open(path, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
         except Exception as exc:  # noqa: BLE001 - any backend error becomes one message
             raise WeightsError(f"cannot fetch weights {uri}: {exc}") from exc
         target.with_suffix(".part").replace(target)
