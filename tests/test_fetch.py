@@ -357,3 +357,20 @@ def test_staged_in_object_storage_and_read_with_the_jobs_storage_options(
         assert create("johnson", weights="s3://weights/johnson/candy.pth", storage_options=options)
         model = create("adain", weights="s3://weights/adain", storage_options=options)
         assert model.encoder is not None and len(list((tmp_path / "node" / "remote").rglob("*.pth"))) == 3
+
+
+def test_parallel_fetches_on_one_node_download_once_and_print_the_licence(
+    server: SimpleNamespace, cache: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.models.fetch import fetch_file, published_files
+
+    server.files.update(animegan_files())
+    paprika = published_files(get_card("animegan"))[0]
+    said: list[str] = []
+    with ThreadPoolExecutor(4) as pool:  # four actors or CLI processes wanting the same file at once
+        downloaded = list(pool.map(lambda _: fetch_file(paprika, say=said.append), range(4)))
+    assert sorted(downloaded) == [False, False, False, True]
+    assert server.counts == Counter({"paprika.pt": 1})
+    assert sum("non-commercial" in line for line in said) == 1
