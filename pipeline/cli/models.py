@@ -95,13 +95,17 @@ def fetch_command(
 
     if all_ == bool(names):
         raise ConfigError("give stylizer names or --all, not both or neither")
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
     chosen = fetchable_names() if all_ else list(names or [])
     for name in chosen:
         card = get_card(name)
         if all_ and status(card)[0] == "manual":
             typer.echo(f"{name}: skipped: {manual_help(card)}")
             continue
-        fetched = fetch(name)
+        fetched = fetch(name, say=say)
         got = [r.file for r, new in fetched if new]
         kept = [r.file for r, new in fetched if not new]
         typer.echo(
@@ -111,7 +115,7 @@ def fetch_command(
             )
         )
         if to:
-            for uri in stage(name, to):
+            for uri in stage(name, to, say=say):
                 typer.echo(f"{name}: staged {uri}")
 
 

@@ -19,9 +19,9 @@ through it, and a batch driver calls ``ensure_weights`` before Ray starts.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -49,8 +49,10 @@ CHUNK = 1 << 20
 Say = Callable[[str], None]
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+# what is fetched from where, and licences to heed: the CLI passes its own ``say``; elsewhere (first use
+# in a job) the log gets it, which without configuration still shows warnings on stderr
+_log = logging.getLogger(__name__)
+_say_default: Say = _log.warning
 
 
 def offline() -> bool:
@@ -180,7 +182,7 @@ def _unpack(record: WeightSource, archive: Path, folder: Path, what: str) -> Non
             part.unlink(missing_ok=True)
 
 
-def fetch_file(record: WeightSource, *, say: Say = _stderr) -> bool:
+def fetch_file(record: WeightSource, *, say: Say = _say_default) -> bool:
     """Put ``record`` into the cache unless it is there intact; True if it was downloaded.
 
     Under a lock per file, so parallel fetches on one node download once; the others wait and find it.
@@ -212,7 +214,7 @@ def fetch_file(record: WeightSource, *, say: Say = _stderr) -> bool:
     return True
 
 
-def fetch(name: str, *, say: Say = _stderr) -> list[tuple[WeightSource, bool]]:
+def fetch(name: str, *, say: Say = _say_default) -> list[tuple[WeightSource, bool]]:
     """Every published file of stylizer ``name``: (record, downloaded now?) each; raises ``WeightsError``."""
     card = get_card(name)
     files = published_files(card)
@@ -258,7 +260,7 @@ def _copy_remote(card: ModelCard, uri: str, storage_options: dict[str, Any] | No
 
 
 def ensure_weights(
-    name: str, weights: str | None, storage_options: dict[str, Any] | None = None, *, say: Say = _stderr
+    name: str, weights: str | None, storage_options: dict[str, Any] | None = None, *, say: Say = _say_default
 ) -> str | None:
     """The ``weights`` to give stylizer ``name``'s factory, fetching published files on first use.
 
@@ -308,7 +310,7 @@ def create(name: str, **kwargs: Any) -> Stylizer:
     return create_registered(name, **kwargs)
 
 
-def stage(name: str, to: str, storage_options: dict[str, Any] | None = None, *, say: Say = _stderr) -> list[str]:
+def stage(name: str, to: str, storage_options: dict[str, Any] | None = None, *, say: Say = _say_default) -> list[str]:
     """Fetch ``name``'s files into the cache and copy them to ``to`` (``s3://bucket/weights/``); the URIs written.
 
     A job's ``weights`` may then name that prefix (adain, wct, sanet) or one file in it (johnson, the GANs).
