@@ -91,7 +91,7 @@ def fetch_command(
     """Download published weights into the cache ($STYLIZE_CACHE), from $STYLIZE_WEIGHTS_MIRROR when set."""
     from pipeline.errors import ConfigError
     from pipeline.models import get_card
-    from pipeline.models.fetch import fetch, fetchable_names, manual_help, stage, status
+    from pipeline.models.fetch import fetch, fetchable_names, is_installed, manual_files, manual_help, stage, status
 
     if all_ == bool(names):
         raise ConfigError("give stylizer names or --all, not both or neither")
@@ -106,6 +106,8 @@ def fetch_command(
             typer.echo(f"{name}: skipped: {manual_help(card)}")
             continue
         fetched = fetch(name, say=say)
+        if manual_files(card) and not all(is_installed(r) for r in manual_files(card)):
+            say(f"{name}: also by hand: {manual_help(card)}")  # wct: its cascade's Torch7 files
         got = [r.file for r, new in fetched if new]
         kept = [r.file for r, new in fetched if not new]
         typer.echo(

@@ -220,13 +220,19 @@ def fetch(name: str, *, say: Say = _say_default) -> list[tuple[WeightSource, boo
     files = published_files(card)
     if not files:
         raise WeightsError(f"{name} has no published files to fetch ({card.availability()[1]})")
-    if not os.environ.get(MIRROR_ENV) and not all(r.url for r in files):
+    fetchable = [r for r in files if r.url or os.environ.get(MIRROR_ENV)]
+    if not fetchable:
         raise WeightsError(manual_help(card))
-    return [(record, fetch_file(record, say=say)) for record in files]
+    return [(record, fetch_file(record, say=say)) for record in fetchable]
+
+
+def manual_files(card: ModelCard) -> list[WeightSource]:
+    """The card's published files that a plain GET cannot fetch (downloaded by hand, then imported)."""
+    return [r for r in published_files(card) if not r.url]
 
 
 def manual_help(card: ModelCard) -> str:
-    where = "; ".join(r.where for r in published_files(card) if not r.url)
+    where = "; ".join(dict.fromkeys(r.where for r in manual_files(card)))
     return (
         f"{card.name}'s files cannot be fetched by a plain download: download them by hand ({where}) "
         f"and run `stylize models import {card.name} DIR`"
@@ -292,8 +298,14 @@ def ensure_weights(
         raise WeightsError(f"{name} network {net!r} is not fetched ({path} is missing; {OFFLINE_ENV} is set)")
     if weights is None and not offline():
         for record in published_files(card):
-            if not is_installed(record) and (record.url or os.environ.get(MIRROR_ENV)):
+            if is_installed(record):
+                continue
+            if record.url:
                 fetch_file(record, say=say)
+            elif os.environ.get(MIRROR_ENV):
+                # files published only by hand may or may not be on the mirror: the loader says what is missing
+                with contextlib.suppress(WeightsError):
+                    fetch_file(record, say=say)
     return weights
 
 
@@ -335,7 +347,7 @@ def stage(name: str, to: str, storage_options: dict[str, Any] | None = None, *, 
 def import_files(name: str, directory: Path) -> list[Path]:
     """Check hand-downloaded files of ``name`` in ``directory`` (layout, keys) and install them into the cache."""
     card = get_card(name)
-    files = published_files(card)
+    files = manual_files(card) or published_files(card)  # wct: its Torch7 cascade files, not the AdaIN ones
     if not files:
         raise WeightsError(f"{name} has no published files to import")
     expected = [m for r in files for m in (r.members or (r.file,))]
@@ -377,9 +389,10 @@ def status(card: ModelCard) -> tuple[str, str]:
     files = [r for r in published_files(card) if not is_installed(r)]
     if not files:
         return "missing", where
+    fetchable = [r for r in files if r.url or os.environ.get(MIRROR_ENV)]
+    if fetchable:
+        return "fetchable", f"`stylize models fetch {card.name}` ({_mb(sum(r.size for r in fetchable))})"
     size = _mb(sum(r.size for r in files))
-    if all(r.url for r in files) or os.environ.get(MIRROR_ENV):
-        return "fetchable", f"`stylize models fetch {card.name}` ({size})"
     return (
         "manual",
         f"download by hand (`stylize models show {card.name}`), then `stylize models import {card.name} DIR` ({size})",
