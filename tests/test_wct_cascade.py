@@ -288,3 +288,8 @@ def test_import_wct_installs_the_cascade(published, tmp_path: Path, monkeypatch:
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "cache" / "wct").glob("*.t7")) == sorted(p.name for p in folder.iterdir())
     assert isinstance(create("wct"), WCTCascade)  # the cache's cascade, without --weights
+    changed = tmp_path / "cache" / "wct" / "feature_invertor_conv2_1.t7"
+    changed.write_bytes(changed.read_bytes() + b"\0")  # changed after it was installed: refused
+    with pytest.raises(WeightsError, match="changed since it was fetched") as err:
+        create("wct")
+    assert one_line(err.value)

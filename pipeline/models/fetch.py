@@ -31,6 +31,7 @@ from pipeline.errors import StorageError, WeightsError
 from pipeline.models.base import Stylizer
 from pipeline.models.registry import ModelCard, WeightSource, get_card, list_models
 from pipeline.models.registry import create as create_registered
+from pipeline.models.torch7 import read_sequential
 from pipeline.models.weights import (
     SAFE_SUFFIXES,
     SHA256_SUFFIX,
@@ -133,7 +134,10 @@ def _check_weights(path: Path, what: str) -> None:
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
         raise WeightsError(f"{what}: the server sent an HTML page, not weights")
     try:
-        load_state_dict(str(path))
+        if path.suffix == ".t7":  # WCT's cascade files
+            read_sequential(path)
+        else:
+            load_state_dict(str(path))
     except WeightsError as exc:
         raise WeightsError(f"{what}: not a complete weights file ({_one_line(exc).split(': ', 1)[-1]})") from None
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import WeightsError
+from pipeline.models.weights import check_recorded
 
 
 def _tensor(value: Any, what: str) -> torch.Tensor:
@@ -66,12 +67,21 @@ def read_sequential(path: Path) -> nn.Sequential:
     """The ``nn.Sequential`` saved in the Torch7 file ``path`` as a PyTorch ``nn.Sequential``, same order."""
     import torchfile
 
+    check_recorded(path)
     try:
         obj = torchfile.load(str(path))
     except Exception as exc:  # noqa: BLE001 - a cut or foreign file: one line
-        raise WeightsError(f"cannot read {path} as a Torch7 file: {exc}") from None
+        raise WeightsError(f"cannot read {path} as a Torch7 file: {_first_line(exc)}") from None
     typename = getattr(obj, "torch_typename", None)
     if typename is None or b"Sequential" not in typename():
         raise WeightsError(f"{path} does not hold a Torch7 nn.Sequential")
     modules = obj["modules"] or []
-    return nn.Sequential(*(_layer(layer, f"{path.name} layer {i}") for i, layer in enumerate(modules)))
+    try:
+        return nn.Sequential(*(_layer(layer, f"{path.name} layer {i}") for i, layer in enumerate(modules)))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a layer without the fields its type has
+        raise WeightsError(f"{path}: a layer is not in the Torch7 nn layout: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

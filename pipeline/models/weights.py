@@ -42,6 +42,16 @@ def recorded_sha256(path: Path) -> str | None:
     return sidecar.read_text().strip().lower() if sidecar.is_file() else None
 
 
+def check_recorded(path: Path) -> None:
+    """Refuse ``path`` if it no longer has the sha256 recorded beside it when it was fetched."""
+    recorded = recorded_sha256(path)
+    if recorded and sha256_of(path) != recorded:
+        raise WeightsError(
+            f"{path} changed since it was fetched (its sha256 differs from {path.name}{SHA256_SUFFIX}); "
+            "fetch it again with `stylize models fetch` (or `stylize models import`)"
+        )
+
+
 def cache_availability(folder: str, file: str, help_text: str) -> tuple[bool, str]:
     """(present?, where) for one published file in ``cache_dir()/<folder>``; ``help_text`` when absent."""
     path = cache_dir() / folder / file
@@ -103,12 +113,8 @@ def load_state_dict(uri: str, *, sha256: str | None = None) -> dict[str, Tensor]
         raise WeightsError(f"expected a weights file, got a directory: {path}")
     if digest and sha256_of(path) != digest:
         raise WeightsError(f"sha256 mismatch for {path}: expected {digest}")
-    recorded = None if digest else recorded_sha256(path)
-    if recorded and sha256_of(path) != recorded:
-        raise WeightsError(
-            f"{path} changed since it was fetched (its sha256 differs from {path.name}{SHA256_SUFFIX}); "
-            "fetch it again with `stylize models fetch`"
-        )
+    if not digest:
+        check_recorded(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
