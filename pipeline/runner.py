@@ -63,10 +63,12 @@ def shard_rows_for(config: JobConfig, rows: int) -> int:
 def check_can_start(config: JobConfig) -> None:
     """Fail in the driver, with one line, on what would otherwise kill every actor at start-up."""
     from pipeline.models import get_card
+    from pipeline.models.fetch import ensure_weights
     from pipeline.raysession import import_plugins
 
     import_plugins()
     card = get_card(config.stylizer)  # ModelNotFound lists the known names
+    ensure_weights(config.stylizer, config.weights, config.storage_options or None)  # fetched once, before Ray
     if not config.weights:
         available, how = card.availability()
         if not available:

@@ -133,6 +133,7 @@ class ShardWorker:
             weights=config.weights,
             encoder_weights=config.encoder_weights,
             threads=threads,
+            storage_options=config.storage_options or None,  # a remote `weights` is read with the job's options
             **options,
         )
         self.scorer = QualityScorer.load(config.encoder_weights, device=self.device) if config.metrics else None

@@ -9,9 +9,10 @@ import torch
 
 @pytest.fixture(autouse=True, scope="session")
 def _hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Converted weights are cached per test session, not in the user's ~/.cache."""
+    """Converted weights are cached per test session, not in the user's ~/.cache; nothing is fetched."""
     mp = pytest.MonkeyPatch()
     mp.setenv("STYLIZE_CACHE", str(tmp_path_factory.mktemp("stylize-cache")))
+    mp.setenv("STYLIZE_OFFLINE", "1")  # published weights are never downloaded; tests serve their own
     yield
     mp.undo()
 

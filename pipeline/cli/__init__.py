@@ -49,8 +49,16 @@ def _global_options(
     debug: Annotated[
         bool, typer.Option("--debug", envvar=DEBUG_ENV, help="Show full tracebacks instead of one-line errors.")
     ] = False,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline", help="Never download published weights on first use (as STYLIZE_OFFLINE=1)."
+        ),
+    ] = False,
 ) -> None:
     _Settings.debug = debug
+    if offline:  # read by pipeline.models.fetch in this process and in the Ray workers it starts
+        os.environ["STYLIZE_OFFLINE"] = "1"
 
 
 app.command("image")(image.image)

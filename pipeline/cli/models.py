@@ -1,7 +1,8 @@
-"""`stylize models list | show`."""
+"""`stylize models list | show | fetch | import`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,13 +19,16 @@ def list_command(
     ] = None,
     sources: Annotated[bool, typer.Option("--sources", help="Also list every published weight source.")] = False,
 ) -> None:
-    """Every registered stylizer, its family, and whether its weights are available here."""
+    """Every registered stylizer, its family, and whether its weights are ready, fetchable or to fetch by hand."""
     from pipeline.models import list_models
+    from pipeline.models.fetch import status
 
-    table = Table("name", "family", "style", "weights", "where / how to get them")
+    colours = {"ready": "green", "fetchable": "yellow", "manual": "red", "missing": "red"}
+    table = Table("name", "family", "style", "weights")
+    table.add_column("where / how to get them", overflow="fold")  # paths and commands: wrap, never cut
     for card in list_models():
-        ok, where = card.availability()
-        table.add_row(card.name, card.family, card.style_kind, "[green]yes[/]" if ok else "[red]no[/]", where)
+        state, where = status(card)
+        table.add_row(card.name, card.family, card.style_kind, f"[{colours[state]}]{state}[/]", where)
     console = Console()
     console.print(table)
     if sources:
@@ -71,3 +75,59 @@ def show_command(name: Annotated[str, typer.Argument(help="A registered stylizer
         console.print(line, markup=False, highlight=False)
     if card.weight_sources:
         console.print(table)
+
+
+@app.command("fetch")
+def fetch_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Stylizers whose published weights to fetch.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Fetch every stylizer's published weights.")] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            help="Also stage the files under this prefix (s3://bucket/weights/) for a cluster without egress."
+        ),
+    ] = None,
+) -> None:
+    """Download published weights into the cache ($STYLIZE_CACHE), from $STYLIZE_WEIGHTS_MIRROR when set."""
+    from pipeline.errors import ConfigError
+    from pipeline.models import get_card
+    from pipeline.models.fetch import fetch, fetchable_names, is_installed, manual_files, manual_help, stage, status
+
+    if all_ == bool(names):
+        raise ConfigError("give stylizer names or --all, not both or neither")
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    chosen = fetchable_names() if all_ else list(names or [])
+    for name in chosen:
+        card = get_card(name)
+        if all_ and status(card)[0] == "manual":
+            typer.echo(f"{name}: skipped: {manual_help(card)}")
+            continue
+        fetched = fetch(name, say=say)
+        if manual_files(card) and not all(is_installed(r) for r in manual_files(card)):
+            say(f"{name}: also by hand: {manual_help(card)}")  # wct: its cascade's Torch7 files
+        got = [r.file for r, new in fetched if new]
+        kept = [r.file for r, new in fetched if not new]
+        typer.echo(
+            f"{name}: "
+            + "; ".join(
+                p for p in (got and f"fetched {', '.join(got)}", kept and f"already here: {', '.join(kept)}") if p
+            )
+        )
+        if to:
+            for uri in stage(name, to, say=say):
+                typer.echo(f"{name}: staged {uri}")
+
+
+@app.command("import")
+def import_command(
+    name: Annotated[str, typer.Argument(help="The stylizer (sanet: files from Yandex.Disk).")],
+    directory: Annotated[Path, typer.Argument(help="The folder holding the hand-downloaded files.")],
+) -> None:
+    """Check hand-downloaded published files (layout, keys) and install them into the cache."""
+    from pipeline.models.fetch import import_files
+
+    for path in import_files(name, directory):
+        typer.echo(f"{name}: installed {path}")

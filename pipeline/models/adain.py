@@ -183,10 +183,24 @@ def create_adain(
 
 
 WEIGHT_SOURCES = (
+    # the two published files, fetched into cache_dir()/adain (or read from --weights DIR / a URI prefix)
     WeightSource(
-        "decoder.pth + vgg_normalised.pth (a directory or URI prefix)",
-        f"{RELEASE_URL}/ (naoto0804/pytorch-AdaIN)",
+        "decoder.pth (the AdaIN decoder; with vgg_normalised.pth in a directory or URI prefix)",
+        f"{RELEASE_URL}/decoder.pth (naoto0804/pytorch-AdaIN)",
         "MIT (pytorch-AdaIN)",
+        file="decoder.pth",
+        folder="adain",
+        url=f"{RELEASE_URL}/decoder.pth",
+        size=14_027_000,
+    ),
+    WeightSource(
+        f"{ENCODER_FILE} (the VGG19 encoder the decoder was trained against)",
+        f"{RELEASE_URL}/{ENCODER_FILE} (naoto0804/pytorch-AdaIN)",
+        "MIT (pytorch-AdaIN)",
+        file=ENCODER_FILE,
+        folder="adain",
+        url=f"{RELEASE_URL}/{ENCODER_FILE}",
+        size=80_104_000,
     ),
     WeightSource("a safetensors file with decoder.* (+ encoder.*) keys", "`stylize train adain`", "yours"),
 )

@@ -21,13 +21,14 @@ from torch import Tensor, nn
 from pipeline.errors import WeightsError
 from pipeline.models.gan import GeneratorStylizer
 from pipeline.models.registry import ModelCard, WeightSource, register
-from pipeline.models.weights import load_into, load_state_dict, read_metadata, split_sha256
+from pipeline.models.weights import cache_availability, load_into, load_state_dict, read_metadata, split_sha256
 
 WEIGHTS_URL = "https://github.com/bryandlee/animegan2-pytorch/raw/main/weights/{name}.pt"
 ANIMEGAN_HELP = (
     "animegan needs --weights: an animegan2-pytorch generator state dict, e.g. "
     + WEIGHTS_URL.format(name="paprika")
-    + " (also face_paint_512_v2, face_paint_512_v1, celeba_distill)"
+    + " (also face_paint_512_v2, face_paint_512_v1, celeba_distill; `stylize models fetch animegan` fetches them, "
+    "then --weights paprika)"
 )
 
 
@@ -164,21 +165,38 @@ register(
                 WEIGHTS_URL.format(name="paprika"),
                 "converted from TachibanaYoshino/AnimeGANv2, whose licence allows non-commercial use only "
                 "(the port's repository is MIT)",
+                file="paprika.pt",
+                folder="animegan",
+                url=WEIGHTS_URL.format(name="paprika"),
+                size=8_600_000,
+                non_commercial=True,
             ),
             WeightSource(
                 "face_paint_512_v2.pt (faces, 512 px)",
                 WEIGHTS_URL.format(name="face_paint_512_v2"),
                 "published by bryandlee in the MIT-licensed repository; no separate weights licence stated",
+                file="face_paint_512_v2.pt",
+                folder="animegan",
+                url=WEIGHTS_URL.format(name="face_paint_512_v2"),
+                size=8_600_000,
             ),
             WeightSource(
                 "face_paint_512_v1.pt (faces, 512 px)",
                 WEIGHTS_URL.format(name="face_paint_512_v1"),
                 "published by bryandlee in the MIT-licensed repository; no separate weights licence stated",
+                file="face_paint_512_v1.pt",
+                folder="animegan",
+                url=WEIGHTS_URL.format(name="face_paint_512_v1"),
+                size=8_600_000,
             ),
             WeightSource(
                 "celeba_distill.pt (faces, 256 px; distilled from bryandlee's naver-webtoon-faces model)",
                 WEIGHTS_URL.format(name="celeba_distill"),
                 "sits in the MIT-licensed repository, no separate weights licence stated",
+                file="celeba_distill.pt",
+                folder="animegan",
+                url=WEIGHTS_URL.format(name="celeba_distill"),
+                size=8_600_000,
             ),
         ),
         preprocessing=(
@@ -186,6 +204,7 @@ register(
             "align_corners False by default (create(..., align_corners=True) for torch.hub's forward); "
             "tanh output mapped back to [0,1], cropped and clamped; alpha blends with the photo"
         ),
-        availability=lambda: (False, ANIMEGAN_HELP),
+        availability=lambda: cache_availability("animegan", "paprika.pt", ANIMEGAN_HELP),
+        default_network="paprika",
     )
 )

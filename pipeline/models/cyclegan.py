@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from pipeline.errors import WeightsError
 from pipeline.models.gan import GeneratorStylizer
 from pipeline.models.registry import ModelCard, WeightSource, register
-from pipeline.models.weights import load_into, load_state_dict, split_sha256
+from pipeline.models.weights import cache_availability, load_into, load_state_dict, split_sha256
 
 PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/{name}.pth"
 PUBLISHED = ("style_monet", "style_cezanne", "style_ukiyoe", "style_vangogh")
@@ -32,7 +32,8 @@ CYCLEGAN_HELP = (
     "cyclegan needs --weights: a CycleGAN ResNet generator state dict (*_net_G*.pth), e.g. "
     + PRETRAINED_URL.format(name="style_monet")
     + " (also style_cezanne, style_ukiyoe, style_vangogh; saved as latest_net_G.pth by the repository's "
-    "scripts/download_cyclegan_model.sh), or a checkpoint of `stylize train cyclegan`"
+    "scripts/download_cyclegan_model.sh; `stylize models fetch cyclegan` fetches them, then --weights style_monet), "
+    "or a checkpoint of `stylize train cyclegan`"
 )
 # InstanceNorm buffers that track_running_stats=True (older versions of the repository) saved; the repository's
 # own loader deletes them too (patch_instance_norm_state_dict), since the norm never uses them at test time
@@ -161,6 +162,10 @@ register(
                 f"{name}.pth (ResnetGenerator, 9 blocks, ngf 64; photo -> {name.removeprefix('style_')})",
                 PRETRAINED_URL.format(name=name),
                 "none published for the weights (the repository's code is BSD)",
+                file=f"{name}.pth",
+                folder="cyclegan",
+                url=PRETRAINED_URL.format(name=name),
+                size=45_520_000,  # 11,378,179 float32 parameters
             )
             for name in PUBLISHED
         )
@@ -175,6 +180,7 @@ register(
             "[0,1] -> [-1,1]; content reflect-padded to a multiple of 4; tanh output mapped back to [0,1], "
             "cropped and clamped; alpha blends with the photo"
         ),
-        availability=lambda: (False, CYCLEGAN_HELP),
+        availability=lambda: cache_availability("cyclegan", f"{PUBLISHED[0]}.pth", CYCLEGAN_HELP),
+        default_network=PUBLISHED[0],
     )
 )

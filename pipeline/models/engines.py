@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pipeline.errors import ConfigError
 from pipeline.models.base import Style, Stylizer
-from pipeline.models.registry import create
+from pipeline.models.fetch import create  # locates published weights, fetching them on first use
 
 Engine = Literal["auto", "torch", "onnxruntime"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
@@ -112,13 +112,15 @@ def load_stylizer(
     weights: str | None = None,
     encoder_weights: str = "auto",
     threads: int | None = None,
+    storage_options: dict | None = None,
     **options: int,
 ) -> Stylizer:
-    """The stylizer on ``device`` and its resolved engine: how the CLI, batch actors and benchmarks load one."""
+    """The stylizer on ``device`` and its resolved engine: how the CLI, batch actors and benchmarks load one.
+    A remote ``weights`` URI is read with ``storage_options``."""
     chosen = resolve_engine(engine, stylizer, device, custom_weights=bool(weights))
     kwargs: dict[str, object] = {"device": device, "encoder_weights": encoder_weights, **options}
     if weights:
-        kwargs["weights"] = weights
+        kwargs.update(weights=weights, storage_options=storage_options)
     return with_engine(create(stylizer, **kwargs), chosen, threads=threads)
 
 

@@ -23,13 +23,14 @@ from torch import Tensor, nn
 from pipeline.errors import WeightsError
 from pipeline.models.base import Style, Stylizer
 from pipeline.models.registry import ModelCard, WeightSource, register
-from pipeline.models.weights import load_into, load_state_dict, read_metadata, split_sha256
+from pipeline.models.weights import cache_availability, load_into, load_state_dict, read_metadata, split_sha256
 
 SAVED_MODELS_URL = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zip?dl=1"
+NETWORKS = ("candy.pth", "mosaic.pth", "rain_princess.pth", "udnie.pth")  # inside saved_models.zip
 JOHNSON_HELP = (
-    "johnson needs --weights (one trained network per style): train one with `stylize train johnson`, or "
-    f"download pytorch/examples' fast_neural_style saved_models ({SAVED_MODELS_URL}: candy.pth, mosaic.pth, "
-    "rain_princess.pth, udnie.pth)"
+    "johnson needs --weights (one trained network per style): `stylize models fetch johnson` for "
+    f"pytorch/examples' fast_neural_style saved_models ({SAVED_MODELS_URL}: candy.pth, mosaic.pth, "
+    "rain_princess.pth, udnie.pth), then --weights candy; or train one with `stylize train johnson`"
 )
 _DEPRECATED = re.compile(r"in\d+\.(running_mean|running_var|num_batches_tracked)$")
 
@@ -167,9 +168,15 @@ register(
         factory=create_johnson,
         weight_sources=(
             WeightSource(
-                "candy.pth, mosaic.pth, rain_princess.pth, udnie.pth (one network per style)",
+                "saved_models.zip: candy.pth, mosaic.pth, rain_princess.pth, udnie.pth (one network per style; "
+                "--weights candy picks one once fetched)",
                 f"pytorch/examples fast_neural_style saved_models ({SAVED_MODELS_URL})",
                 "BSD-3-Clause (pytorch/examples)",
+                file="saved_models.zip",
+                folder="johnson",
+                url=SAVED_MODELS_URL,
+                size=26_900_000,
+                members=NETWORKS,
             ),
             WeightSource("a TransformerNet state dict (metadata input_scale)", "`stylize train johnson`", "yours"),
         ),
@@ -177,6 +184,7 @@ register(
             "[0,1] times input_scale (255 for pytorch/examples checkpoints, from safetensors metadata otherwise); "
             "content reflect-padded to a multiple of 4; output divided by input_scale, cropped and clamped to [0,1]"
         ),
-        availability=lambda: (False, JOHNSON_HELP),
+        availability=lambda: cache_availability("johnson", NETWORKS[0], JOHNSON_HELP),
+        default_network="candy",
     )
 )

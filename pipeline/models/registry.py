@@ -19,11 +19,23 @@ from pipeline.models.base import StyleKind, Stylizer
 
 @dataclass(frozen=True)
 class WeightSource:
-    """One place a stylizer's weights can come from."""
+    """One place a stylizer's weights can come from; with ``file`` set, one published file.
+
+    A published file lives in the cache as ``cache_dir()/<folder>/<file>`` (a zip: its ``members``,
+    by base name, unpacked there) and a mirror serves it as ``<mirror>/<file>``. ``url`` is where a
+    plain GET fetches it ("" when it must be downloaded by hand: ``stylize models import``).
+    """
 
     name: str  # what it is: "decoder.pth + vgg_normalised.pth"
     where: str  # where it comes from: a URL, a package file, a command
     licence: str  # under which terms it is published ("yours" for what you train)
+    file: str = ""  # the published file's name, in the cache and on a mirror
+    folder: str = ""  # its cache sub-folder (the family's default location)
+    url: str = ""  # the publisher's download URL
+    size: int = 0  # bytes as published (from the parameter count where no listing gives it; for display)
+    sha256: str | None = None  # where a publisher gives one; else the first download's digest is recorded
+    members: tuple[str, ...] = ()  # a zip: the files it must hold, unpacked into the folder
+    non_commercial: bool = False  # its licence is printed when it is fetched
 
 
 def _no_weights() -> tuple[bool, str]:
@@ -42,6 +54,9 @@ class ModelCard:
     preprocessing: str = ""
     # returns (available, where-or-how-to-get) without loading anything heavy
     availability: Callable[[], tuple[bool, str]] = _no_weights
+    # one network per file (johnson, the GANs): the published network used without --weights;
+    # "" for families that read their whole cache folder (adain, wct, sanet)
+    default_network: str = ""
 
     @property
     def name(self) -> str:

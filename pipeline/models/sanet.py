@@ -34,8 +34,15 @@ SANET_FILES = {"decoder": "decoder.pth", "transform": "transformer.pth"}
 SANET_HELP = (
     "no SANet weights: download decoder, transformer and vgg_normalised from the GlebSBrykin/SANET README "
     "(Yandex.Disk: https://yadi.sk/d/xsZ7j6FhK1dmfQ, https://yadi.sk/d/GhQe3g_iRzLKMQ, "
-    "https://yadi.sk/d/7IrysY8q8dtneQ) as decoder.pth, transformer.pth, vgg_normalised.pth into {where} "
-    "(or pass --weights DIR), or train with `stylize train sanet`"
+    "https://yadi.sk/d/7IrysY8q8dtneQ) as decoder.pth, transformer.pth, vgg_normalised.pth into one folder DIR, "
+    "then `stylize models import sanet DIR` (it installs them into {where}; or pass --weights DIR), "
+    "or train with `stylize train sanet`"
+)
+# (file, the README's link, bytes from the parameter count)
+SANET_PUBLISHED = (
+    ("decoder.pth", "https://yadi.sk/d/xsZ7j6FhK1dmfQ", 14_027_000),
+    ("transformer.pth", "https://yadi.sk/d/GhQe3g_iRzLKMQ", 17_844_000),
+    ("vgg_normalised.pth", "https://yadi.sk/d/7IrysY8q8dtneQ", 80_104_000),
 )
 # attention scores for one chunk of query rows stay under this many bytes
 ATTENTION_BYTES = 256 * 2**20
@@ -157,10 +164,17 @@ register(
         paper="Park & Lee, Arbitrary Style Transfer with Style-Attentional Networks, CVPR 2019",
         factory=create_sanet,
         weight_sources=(
-            WeightSource(
-                "decoder.pth + transformer.pth + vgg_normalised.pth (a directory or URI prefix)",
-                "the GlebSBrykin/SANET README's download links",
-                "MIT (GlebSBrykin/SANET)",
+            # Yandex.Disk pages, not plain downloads: fetched by hand, installed by `stylize models import sanet DIR`
+            *(
+                WeightSource(
+                    f"{file} (a directory or URI prefix with the other two)",
+                    f"the GlebSBrykin/SANET README's download links ({link})",
+                    "MIT (GlebSBrykin/SANET)",
+                    file=file,
+                    folder="sanet",
+                    size=size,
+                )
+                for file, link, size in SANET_PUBLISHED
             ),
             WeightSource(
                 "a safetensors file with decoder.*, transform.* (+ encoder.*) keys", "`stylize train sanet`", "yours"

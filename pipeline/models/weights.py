@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -23,11 +24,38 @@ SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".model", ".tar")
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit on the JSON header
 
 
+SHA256_SUFFIX = ".sha256"  # beside a fetched file: the digest it had when it was fetched
+
+
 def cache_dir() -> Path:
-    """``$STYLIZE_CACHE`` or ``~/.cache/stylize``; created on first use."""
-    root = Path(os.environ.get("STYLIZE_CACHE", Path.home() / ".cache" / "stylize"))
+    """``$STYLIZE_CACHE`` or the platform's user cache folder + ``stylize``; created on first use."""
+    import platformdirs
+
+    root = Path(os.environ.get("STYLIZE_CACHE") or platformdirs.user_cache_dir("stylize")).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The digest recorded beside ``path`` when it was fetched (``<file>.sha256``), or None."""
+    sidecar = path.with_name(path.name + SHA256_SUFFIX)
+    return sidecar.read_text().strip().lower() if sidecar.is_file() else None
+
+
+def check_recorded(path: Path) -> None:
+    """Refuse ``path`` if it no longer has the sha256 recorded beside it when it was fetched."""
+    recorded = recorded_sha256(path)
+    if recorded and sha256_of(path) != recorded:
+        raise WeightsError(
+            f"{path} changed since it was fetched (its sha256 differs from {path.name}{SHA256_SUFFIX}); "
+            "fetch it again with `stylize models fetch` (or `stylize models import`)"
+        )
+
+
+def cache_availability(folder: str, file: str, help_text: str) -> tuple[bool, str]:
+    """(present?, where) for one published file in ``cache_dir()/<folder>``; ``help_text`` when absent."""
+    path = cache_dir() / folder / file
+    return (True, str(path)) if path.is_file() else (False, help_text)
 
 
 def split_sha256(uri: str) -> tuple[str, str | None]:
@@ -38,8 +66,11 @@ def split_sha256(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
-def local_path(uri: str) -> Path:
-    """A local file for ``uri``, copying remote objects into the cache first."""
+def local_path(uri: str, storage_options: dict[str, Any] | None = None) -> Path:
+    """A local file for ``uri``, copying remote objects into the cache first (once per URI).
+
+    ``storage_options`` are the job's (credentials, endpoint); a later call without them finds the copy.
+    """
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if "://" not in uri:
@@ -47,14 +78,15 @@ def local_path(uri: str) -> Path:
         if not path.exists():
             raise WeightsError(f"weights file not found: {path}")
         return path
-    import fsspec
+    from pipeline.storage import open_fs
 
     target = cache_dir() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(uri).name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with fsspec.open(uri, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
-                dst.write(src.read())
+            fs, path = open_fs(uri, storage_options)
+            with fs.open(path, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
         except Exception as exc:  # noqa: BLE001 - any backend error becomes one message
             raise WeightsError(f"cannot fetch weights {uri}: {exc}") from exc
         target.with_suffix(".part").replace(target)
@@ -81,6 +113,8 @@ def load_state_dict(uri: str, *, sha256: str | None = None) -> dict[str, Tensor]
         raise WeightsError(f"expected a weights file, got a directory: {path}")
     if digest and sha256_of(path) != digest:
         raise WeightsError(f"sha256 mismatch for {path}: expected {digest}")
+    if not digest:
+        check_recorded(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
