@@ -54,3 +54,30 @@ def test_quality_rows_score_ours_the_photo_and_the_reference(tmp_path: Path) -> 
     assert by["a", "reference"].style_distance == pytest.approx(0.0, abs=1e-4)
     assert by["a", "reference"].content_distance > 0.02
     assert by["a", "photo"].style_distance > 0.05
+
+
+def test_the_gpu_benchmark_runs_as_a_cpu_smoke_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """`stylize bench gpu` keeps working where CI has no GPU: every stylizer and mode is tried at 64 px on
+    the CPU and marked smoke, the GPU-only rows say why they were skipped."""
+    import json
+
+    from pipeline.bench.gpu import MODES, STYLIZERS, main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run the real benchmark instead")
+    main(["--budget", "300"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    kinds = [line["kind"] for line in lines]
+    assert kinds[0] == "env" and lines[0]["gpu"].startswith("none")
+    models = [line for line in lines if line["kind"] == "model"]
+    assert {m["stylizer"] for m in models} == set(STYLIZERS)
+    for m in models:
+        if m["mode"].startswith("compile"):
+            assert "GPU" in m["skipped"]
+        else:
+            assert m.get("smoke") is True and m["images_per_s"] > 0, m  # each mode really ran
+    assert {m["mode"] for m in models} == set(MODES)
+    decode = [line for line in lines if line["kind"] == "decode"]
+    assert decode[0]["images_per_s"] > 0 and decode[1]["skipped"] == "no GPU"
+    jobs = [line for line in lines if line["kind"] == "job"]
+    assert jobs == [{"kind": "job", "gpu": lines[0]["gpu"], "skipped": "no GPU"}]

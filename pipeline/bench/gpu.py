@@ -75,10 +75,12 @@ def images_per_s(fn: Callable[[], object], batch: int, device: torch.device, *, 
     return round(statistics.median(rates), 2)
 
 
-def model_rows(device: torch.device, gpu: str, budget: Budget, sizes: list[int], smoke: bool) -> None:
+def model_rows(
+    device: torch.device, gpu: str, budget: Budget, sizes: list[int], smoke: bool, names: list[str]
+) -> None:
     from pipeline.bench.models import bench_image, default_styles, load_for_bench, random_init
 
-    for name in STYLIZERS:
+    for name in names:
         try:
             model, weights = load_for_bench(name, device, random_init)
         except Exception as exc:  # noqa: BLE001 - a family that cannot load here is a row, not the end of the run
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run (default 420)")
     parser.add_argument("--photos", type=int, default=256, help="photos in the whole-job row (default 256)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="model sizes in px")
+    parser.add_argument("--stylizers", nargs="+", default=list(STYLIZERS), help="stylizers to time")
     args = parser.parse_args(argv)
     budget = Budget(args.budget)
     cuda = torch.cuda.is_available()
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         props = torch.cuda.get_device_properties(device)
         env |= {"gpus": torch.cuda.device_count(), "memory_gib": round(props.total_memory / 2**30, 1)}
     emit("env", gpu, **env)
-    model_rows(device, gpu, budget, args.sizes if cuda else [64], smoke=not cuda)
+    model_rows(device, gpu, budget, args.sizes if cuda else [64], not cuda, args.stylizers)
     decode_rows(device, gpu, budget, smoke=not cuda)
     job_row(device, gpu, budget, args.photos)
 

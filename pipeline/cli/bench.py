@@ -255,3 +255,15 @@ def report(rows: Annotated[int, typer.Option(help="Synthetic metric rows.")] = 1
     from pipeline.bench.report import bench_report
 
     typer.echo(json.dumps(bench_report(rows), indent=2))
+
+
+@app.command("gpu")
+def gpu(
+    budget: Annotated[float, typer.Option(help="Seconds for the whole run.")] = 420.0,
+    photos: Annotated[int, typer.Option(help="Photos in the whole-job row.")] = 256,
+) -> None:
+    """The prepared GPU run: images/s per stylizer, precision and layout, GPU JPEG decoding, a whole job.
+    Without a GPU it is a smoke run on the CPU (figures marked smoke; the job skipped). One JSON line each."""
+    from pipeline.bench.gpu import main as bench_gpu
+
+    bench_gpu(["--budget", str(budget), "--photos", str(photos)])
