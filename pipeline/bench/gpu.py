@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="model sizes in px")
     parser.add_argument("--stylizers", nargs="+", default=list(STYLIZERS), help="stylizers to time")
     args = parser.parse_args(argv)
+    # weights do not change the arithmetic: families not installed run with random weights rather than
+    # spending the GPU's minutes on a download (a GPU machine may have no egress at all)
+    os.environ.setdefault("STYLIZE_OFFLINE", "1")
     budget = Budget(args.budget)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

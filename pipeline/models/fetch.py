@@ -92,6 +92,9 @@ def source_of(record: WeightSource) -> str:
     return record.url
 
 
+HTTP_TIMEOUT = 60.0  # seconds a connection or a read may stall before a download fails
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -100,12 +103,20 @@ def _one_line(exc: BaseException) -> str:
 def _download(source: str, dst: Path) -> None:
     """Copy ``source`` (http(s), an fsspec URI or a local path) to ``dst``, with a progress bar."""
     if source.startswith(("http://", "https://")):
+        import socket
+
         from torch.hub import download_url_to_file
 
+        # torch.hub opens the URL without a timeout: on a cluster whose egress is dropped silently the fetch
+        # would wait forever, so each socket operation gets HTTP_TIMEOUT (the process-wide default, restored)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(HTTP_TIMEOUT)
         try:
             download_url_to_file(source, str(dst), progress=True)
-        except Exception as exc:  # noqa: BLE001 - HTTP, DNS, TLS, disk: one line each
+        except Exception as exc:  # noqa: BLE001 - HTTP, DNS, TLS, timeouts, disk: one line each
             raise WeightsError(f"cannot fetch {source}: {_one_line(exc)}") from None
+        finally:
+            socket.setdefaulttimeout(previous)
         return
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
