@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.layout import METRICS_PREFIX, SHARD_FILE
+
 REPORT_KEY = "report.html"
 SUCCESS_KEY = "_SUCCESS"
-METRICS_PREFIX = "metrics"
-SHARD_FILE = re.compile(r"(^|/)shard-\d+\.parquet$")
 TIMING_COLUMNS = ("seconds_decode", "seconds_stylize", "seconds_encode")  # and any other seconds_* column found
 QUALITY_COLUMNS = ("style_distance", "content_distance", "colour_distance")
 WORST_FALLBACKS = ("content_distance", "style_distance", "colour_distance", "seconds_stylize")

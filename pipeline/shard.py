@@ -7,6 +7,10 @@ that runs ahead of the model, groups the decoded images into model calls that fi
 metrics Parquet atomically. That file is the shard's commit marker; the caller receives only
 its small summary.
 
+On a rerun over an output that already holds results (a new generation, ``pipeline.generations``),
+the rows whose source is unchanged since the earlier generation are kept: their earlier metrics rows
+are copied into this shard's file and their outputs are not touched (``pipeline.incremental``).
+
 Every row ends as exactly one metrics row, ``ok`` or ``failed`` with a one-line reason: a bad
 input never raises. Crashes (a segfault or OOM kill in a native library) are bounded by one
 marker per shard attempt, ``_attempts/shard-N.json``. A first attempt writes it, works at full
@@ -31,12 +35,14 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from pipeline import layout, video_job
+from pipeline import generations, incremental, layout, video_job
 from pipeline.batching import Call, plan_calls
 from pipeline.codec import decode_image, encode_image, fit, to_array, to_arrays, to_tensor
 from pipeline.config import JobConfig
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError, StorageError, StylizeError
+from pipeline.manifest.hashing import source_tags
+from pipeline.manifest.schema import TAG_COLUMNS
 from pipeline.media.video import is_video
 from pipeline.metrics import QualityScorer, shard_file, shard_summary
 from pipeline.models.base import Style
@@ -63,6 +69,8 @@ class Item:
     pixels: torch.Tensor | None = None  # (1,3,H,W) uint8 after max_side (a quarter of float's memory)
     mask: torch.Tensor | None = None  # (1,1,H,W) in [0,1]
     output: Future[str] | None = field(default=None, repr=False)
+    kept: bool = False  # its earlier generation's row is copied forward; nothing to do
+    kind: str = "new"  # against the earlier generation: new, changed or unchanged (pipeline.incremental)
 
     @property
     def ok(self) -> bool:
@@ -74,10 +82,13 @@ class Item:
         self.pixels = self.mask = None
 
 
-def start_row(image_id: str, uri: str, shard: int, row: int, style: str, stylizer: str) -> Row:
+def start_row(
+    image_id: str, uri: str, shard: int, row: int, style: str, stylizer: str, source_tag: str | None = None
+) -> Row:
     return {
         "image_id": image_id,
         "source_uri": uri,
+        "source_tag": source_tag,
         "shard": shard,
         "row": row,
         "style": style,
@@ -118,6 +129,8 @@ class ShardWorker:
         self.calls = 0
         self.images_in_calls = 0
         self.progress = (-1, 0, 0)  # (shard, rows done, rows failed) of the shard running now
+        self._generation: dict[str, Any] | None = None  # this run's _plan.json (generation, base, rerun)
+        self._earlier: incremental.EarlierResults | None = None
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -132,13 +145,14 @@ class ShardWorker:
         if self._manifest is None:
             self._manifest = open_manifest(self.config.manifest, self.config.storage_options or None)
         pf = self._manifest  # its columns were checked when the job was planned
+        columns = self._columns() + [c for c in TAG_COLUMNS if c in pf.schema_arrow.names]
         pieces, first = [], 0
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             lo, hi = max(start, first), min(start + count, first + n)
             if lo < hi:
                 if self._group is None or self._group[0] != g:
-                    self._group = (g, pf.read_row_group(g, columns=self._columns()))
+                    self._group = (g, pf.read_row_group(g, columns=columns))
                 pieces.append(self._group[1].slice(lo - first, hi - lo))
             first += n
         return pa.concat_tables(pieces) if pieces else pa.table({c: pa.array([], pa.string()) for c in self._columns()})
@@ -163,17 +177,36 @@ class ShardWorker:
     def _read(self, uri: str) -> bytes:
         return read_source(uri, self.config.allowed_schemes, self.config.storage_options or None)
 
+    def generation(self) -> dict[str, Any]:
+        """This run's ``_plan.json`` (read once per actor: a run is one generation)."""
+        if self._generation is None:
+            data = self.storage.read_if_exists(layout.PLAN_KEY)
+            self._generation = json.loads(data) if data else {}
+            base = self._generation.get("base")
+            if base is not None:
+                keys = sorted(generations.listing(self.storage).get(int(base), {}).values())
+                self._earlier = incremental.EarlierResults(self.storage, keys)
+        return self._generation
+
     def _items(self, shard: int, start: int, count: int) -> list[Item]:
+        """The shard's rows as items; those kept from the earlier generation are marked ``kept``."""
         table = self.read_rows(start, count)
         ids = [str(v) if v is not None else "" for v in table.column("image_id").to_pylist()]
         uris = [str(v) if v is not None else "" for v in table.column("uri").to_pylist()]
+        tags = source_tags(table).to_pylist()
         column = table.column(self.config.style_column).to_pylist() if self.config.style_column else None
         specs = assign_styles(ids, self.config, column)
         masks = table.column(self.config.mask_column).to_pylist() if self.config.mask_column else [None] * len(ids)
+        rerun = str(self.generation().get("rerun", "new"))
+        earlier = self._earlier.lookup(ids) if self._earlier is not None else {}
         items = []
-        for i, (image_id, uri, spec, mask) in enumerate(zip(ids, uris, specs, masks, strict=True)):
-            item = Item(start_row(image_id, uri, shard, start + i, spec, self.config.stylizer))
-            item.row["mask_uri"] = mask
+        for i, (image_id, uri, tag, spec, mask) in enumerate(zip(ids, uris, tags, specs, masks, strict=True)):
+            kind, kept = incremental.classify(earlier.get(image_id), uri, tag, rerun)
+            if kept:  # the earlier row, renumbered into this shard; its output stays as it is
+                item = Item({**earlier[image_id], "shard": shard, "row": start + i}, kept=True, kind=kind)
+            else:
+                item = Item(start_row(image_id, uri, shard, start + i, spec, self.config.stylizer, tag), kind=kind)
+                item.row["mask_uri"] = mask
             items.append(item)
         return items
 
@@ -352,8 +385,8 @@ class ShardWorker:
 
     # --- the shard -----------------------------------------------------------------------------
 
-    def _marker(self, shard: int) -> dict[str, Any] | None:
-        key = layout.attempt_key(shard)
+    def _marker(self, shard: int, generation: int = 0) -> dict[str, Any] | None:
+        key = layout.attempt_key(shard, generation)
         data = self.storage.read_if_exists(key)
         if data is None:
             return None
@@ -372,12 +405,14 @@ class ShardWorker:
         t0 = time.perf_counter()
         self.calls = self.images_in_calls = 0
         self.progress = (shard, 0, 0)
+        generation = int(self.generation().get("generation", 0))
         items = self._items(shard, start, count)
-        videos = [it for it in items if is_video(it.row["source_uri"])]  # pipeline.video_job, after the photos
-        photos = [it for it in items if not is_video(it.row["source_uri"])] if videos else items
-        marker = self._marker(shard)
+        todo = [it for it in items if not it.kept]
+        videos = [it for it in todo if is_video(it.row["source_uri"])]  # pipeline.video_job, after the photos
+        photos = [it for it in todo if not is_video(it.row["source_uri"])] if videos else todo
+        marker = self._marker(shard, generation)
         if marker is None:
-            self.storage.put(layout.attempt_key(shard), json.dumps({"attempt": 1}).encode())
+            self.storage.put(layout.attempt_key(shard, generation), json.dumps({"attempt": 1}).encode())
             self._process(photos)
             for item in videos:
                 video_job.process_row(self, item)
@@ -400,10 +435,13 @@ class ShardWorker:
             images_in_calls=self.images_in_calls,
             seconds=time.perf_counter() - t0,
             pid=os.getpid(),
+            generation=generation,
+            processed=len(todo),
+            **{kind: sum(it.kind == kind for it in items) for kind in ("new", "changed", "unchanged")},
         )
-        self.storage.put(layout.shard_key(shard), shard_file(rows, summary))
+        self.storage.put(layout.shard_key(shard, generation), shard_file(rows, summary))
         with contextlib.suppress(StorageError):  # a leftover marker is harmless: committed shards are skipped
-            self.storage.delete(layout.attempt_key(shard))
+            self.storage.delete(layout.attempt_key(shard, generation))
         return summary
 
     def close(self) -> None:

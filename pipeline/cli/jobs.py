@@ -110,6 +110,25 @@ def _print_summary(summary: dict[str, Any], output: str) -> None:
     )
 
 
+def _print_dry_run(cfg: Any) -> None:
+    """The plan and, against what the output already holds, the rows new, changed, unchanged and deleted."""
+    from pipeline.runner import dry_run_counts, plan_job
+
+    storage, plan = plan_job(cfg, write=False)
+    pending = plan.pending
+    typer.echo(
+        f"{plan.rows} rows in {plan.shards} shards of {plan.shard_rows}: {plan.shards - len(pending)} done, "
+        f"{len(pending)} pending ({plan.pending_rows()} rows to stylize with {cfg.stylizer}, "
+        f"batch {cfg.batch_size}, {cfg.actors or 'auto'} actor(s)) -> {cfg.output}"
+    )
+    counts = dry_run_counts(cfg, storage, plan)
+    typer.echo(
+        f"generation {plan.generation}: {counts['new']} new, {counts['changed']} changed, "
+        f"{counts['unchanged']} unchanged, {counts['deleted']} deleted; {counts['to_process']} to stylize"
+        + (f" (rerun={plan.rerun})" if plan.rerun != "new" else "")
+    )
+
+
 def run(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,
@@ -125,15 +144,7 @@ def run(
     """Run a batch job here: embedded local Ray, or the cluster at $RAY_ADDRESS. Reruns resume."""
     cfg = _config(config or config_opt, set_, manifest=manifest, output=output, stylizer=stylizer, style=style)
     if dry_run:
-        from pipeline.runner import plan_job
-
-        _, plan = plan_job(cfg, write=False)
-        pending = plan.pending
-        typer.echo(
-            f"{plan.rows} rows in {plan.shards} shards of {plan.shard_rows}: {plan.shards - len(pending)} done, "
-            f"{len(pending)} pending ({plan.pending_rows()} rows to stylize with {cfg.stylizer}, "
-            f"batch {cfg.batch_size}, {cfg.actors or 'auto'} actor(s)) -> {cfg.output}"
-        )
+        _print_dry_run(cfg)
         return
     summary = run_with_progress(cfg)
     _print_summary(summary, cfg.output)

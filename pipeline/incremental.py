@@ -1,0 +1,202 @@
+"""Incremental runs: what a new generation keeps from the one before it.
+
+Per shard (``ShardWorker``), ``EarlierResults`` looks up the earlier generation's metrics rows of the
+shard's own ids: it reads only the earlier files whose ``image_id`` range (Parquet statistics) overlaps
+the shard's, so an id-sorted manifest (``manifest build`` writes one) touches one or two files a shard.
+``classify`` then says whether a row is new, changed (another uri or source tag) or unchanged, and
+whether it is kept (its earlier metrics row copied forward, its output untouched) or stylized again.
+
+For the whole manifest (``stylize run --dry-run``, ``_SUCCESS``'s counts, ``prune``), ``diff_counts``
+and ``prune_outputs`` compare 64-bit hashes in sorted numpy arrays, streamed in Arrow batches and split
+into hash partitions past ``PARTITION_ROWS``: never a Python object per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import layout
+from pipeline.manifest.hashing import hash64, source_tags
+from pipeline.manifest.read import open_manifest
+from pipeline.manifest.schema import TAG_COLUMNS
+from pipeline.storage import Storage
+
+KEPT_FILES = 4  # earlier metrics files an actor keeps read (consecutive shards overlap the same ones)
+PARTITION_ROWS = 16_000_000  # rows hashed at once by the whole-manifest diff (16 bytes each, both sides)
+_BATCH_ROWS = 65_536
+
+
+class EarlierResults:
+    """The earlier generation's metrics rows, looked up by id, one shard's ids at a time."""
+
+    def __init__(self, storage: Storage, keys: list[str]) -> None:
+        self.storage = storage
+        self.keys = keys
+        self._ranges: list[tuple[str, str | None, str | None]] | None = None
+        self._tables: OrderedDict[str, pa.Table] = OrderedDict()
+
+    def _id_ranges(self) -> list[tuple[str, str | None, str | None]]:
+        """(key, smallest id, largest id) of every earlier file, from the footers (None: unknown, always read)."""
+        if self._ranges is None:
+            self._ranges = []
+            for key in self.keys:
+                with self.storage.open(key) as f:
+                    meta = pq.ParquetFile(f).metadata
+                lo = hi = None
+                column = meta.schema.names.index("image_id")
+                stats = [meta.row_group(g).column(column).statistics for g in range(meta.num_row_groups)]
+                if stats and all(s is not None and s.has_min_max for s in stats):
+                    lo, hi = min(str(s.min) for s in stats), max(str(s.max) for s in stats)
+                self._ranges.append((key, lo, hi))
+        return self._ranges
+
+    def _table(self, key: str) -> pa.Table:
+        if key in self._tables:
+            self._tables.move_to_end(key)
+        else:
+            with self.storage.open(key) as f:
+                self._tables[key] = pq.read_table(f)
+            while len(self._tables) > KEPT_FILES:
+                self._tables.popitem(last=False)
+        return self._tables[key]
+
+    def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """``{image_id: earlier metrics row}`` for those of ``ids`` the earlier generation holds."""
+        present = [i for i in ids if i]
+        if not present or not self.keys:
+            return {}
+        lo, hi = min(present), max(present)
+        wanted = pa.array(present, pa.string())
+        found: dict[str, dict[str, Any]] = {}
+        for key, first, last in self._id_ranges():
+            if first is not None and last is not None and (last < lo or first > hi):
+                continue
+            table = self._table(key)
+            for row in table.filter(pc.is_in(table.column("image_id"), value_set=wanted)).to_pylist():
+                found[row["image_id"]] = row
+        return found
+
+
+def classify(earlier: dict[str, Any] | None, uri: str, tag: str | None, rerun: str) -> tuple[str, bool]:
+    """(``new`` | ``changed`` | ``unchanged``, kept) of one row against its earlier metrics row."""
+    if earlier is None:
+        return "new", False
+    if earlier.get("source_uri") != uri or earlier.get("source_tag") != tag:
+        return "changed", False
+    kept = rerun == "new" or (rerun == "failed" and earlier.get("status") == "ok")
+    return "unchanged", kept
+
+
+# --- whole-manifest counts ------------------------------------------------------------------------
+
+
+def _manifest_hashes(path: str, storage_options: dict[str, Any] | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(id hash, row hash over uri and source tag) per manifest batch."""
+    pf = open_manifest(path, storage_options)
+    columns = ["image_id", "uri", *[c for c in TAG_COLUMNS if c in pf.schema_arrow.names]]
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns, use_threads=True):
+        tags = pc.fill_null(source_tags(batch), "")
+        yield hash64(batch.column(0)), hash64(pc.binary_join_element_wise(batch.column(1), tags, "\x00"))
+
+
+def _earlier_hashes(storage: Storage, keys: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(id hash, row hash, failed) per earlier metrics file; files without ``source_tag`` have null tags."""
+    for key in keys:
+        with storage.open(key) as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            table = pf.read(columns=[c for c in ("image_id", "source_uri", "source_tag", "status") if c in names])
+        tags = table.column("source_tag") if "source_tag" in names else pa.nulls(table.num_rows, pa.string())
+        joined = pc.binary_join_element_wise(table.column("source_uri"), pc.fill_null(tags, ""), "\x00")
+        failed = pc.not_equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
+        yield hash64(table.column("image_id")), hash64(joined), failed
+
+
+def diff_counts(
+    storage: Storage,
+    earlier_keys: list[str],
+    manifest: str,
+    storage_options: dict[str, Any] | None,
+    rows: int,
+    rerun: str,
+) -> dict[str, int]:
+    """new, changed, unchanged, deleted rows of ``manifest`` against the earlier generation's files, and how
+    many rows a run would stylize (``to_process``)."""
+    earlier_rows = 0
+    for key in earlier_keys:
+        with storage.open(key) as f:
+            earlier_rows += pq.ParquetFile(f).metadata.num_rows
+    parts = max(1, math.ceil(max(rows, earlier_rows) / PARTITION_ROWS))
+    counts = dict.fromkeys(("new", "changed", "unchanged", "deleted", "to_process"), 0)
+    for part in range(parts):
+        ids, hashes = _collect(_manifest_hashes(manifest, storage_options), parts, part)
+        old_ids, old_hashes, old_failed = _collect(_earlier_hashes(storage, earlier_keys), parts, part)
+        order = np.argsort(old_ids, kind="stable")
+        old_ids, old_hashes, old_failed = old_ids[order], old_hashes[order], old_failed[order]
+        at = np.searchsorted(old_ids, ids)
+        at_clipped = np.minimum(at, max(len(old_ids) - 1, 0))
+        found = (at < len(old_ids)) & (old_ids[at_clipped] == ids) if len(old_ids) else np.zeros(len(ids), bool)
+        same = found & (old_hashes[at_clipped] == hashes) if len(old_ids) else found
+        counts["new"] += int((~found).sum())
+        counts["changed"] += int((found & ~same).sum())
+        counts["unchanged"] += int(same.sum())
+        counts["deleted"] += len(old_ids) - int(found.sum())
+        redo = ~same
+        if rerun == "all":
+            redo = np.ones(len(ids), bool)
+        elif rerun == "failed" and len(old_ids):
+            redo |= same & old_failed[at_clipped]
+        counts["to_process"] += int(redo.sum())
+    return counts
+
+
+def _collect(batches: Iterator[tuple[np.ndarray, ...]], parts: int, part: int) -> tuple[np.ndarray, ...]:
+    """The batches' arrays concatenated, only rows whose id hash falls in ``part`` of ``parts``."""
+    pieces: list[tuple[np.ndarray, ...]] = []
+    for arrays in batches:
+        if parts > 1:
+            keep = arrays[0] % np.uint64(parts) == np.uint64(part)
+            arrays = tuple(a[keep] for a in arrays)
+        pieces.append(arrays)
+    if not pieces:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, bool)
+    return tuple(np.concatenate(column) for column in zip(*pieces, strict=True))
+
+
+# --- prune ----------------------------------------------------------------------------------------
+
+
+def prune_outputs(storage: Storage, current_keys: list[str], fmt: str) -> int:
+    """Delete outputs (``images/``, ``videos/``) that no ok row of the current generation names; returns
+    how many. Compared as 64-bit hashes of the keys, sorted."""
+    wanted_parts = []
+    for key in current_keys:
+        with storage.open(key) as f:
+            table = pq.read_table(f, columns=["image_id", "status", "media_type"])
+        ok = table.filter(pc.equal(table.column("status"), "ok"))
+        ids, media = ok.column("image_id").to_pylist(), ok.column("media_type").to_pylist()
+        keys = [
+            layout.video_key(i) if m == "video" else layout.output_key(i, fmt) for i, m in zip(ids, media, strict=True)
+        ]
+        wanted_parts.append(hash64(pa.array(keys, pa.string())))  # one shard's keys at a time
+    wanted = np.sort(np.concatenate(wanted_parts)) if wanted_parts else np.zeros(0, np.uint64)
+    deleted = 0
+    for prefix in (layout.IMAGES_PREFIX + "/", layout.VIDEOS_PREFIX + "/"):
+        found = storage.list(prefix)
+        if not found:
+            continue
+        hashes = hash64(pa.array(found, pa.string()))
+        at = np.minimum(np.searchsorted(wanted, hashes), max(len(wanted) - 1, 0))
+        stale = ~(wanted[at] == hashes) if len(wanted) else np.ones(len(found), bool)
+        for i in np.flatnonzero(stale):
+            storage.delete(found[i])
+            deleted += 1
+    return deleted
