@@ -13,6 +13,7 @@ into hash partitions past ``PARTITION_ROWS``: never a Python object per row.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -35,19 +36,24 @@ _BATCH_ROWS = 65_536
 
 
 class EarlierResults:
-    """The earlier generation's metrics rows, looked up by id, one shard's ids at a time."""
+    """The earlier generations' metrics rows, looked up by id, one shard's ids at a time.
 
-    def __init__(self, storage: Storage, keys: list[str]) -> None:
+    ``files`` are ``(generation, key)``, newest generation first: an id's newest row wins. ``touched``
+    (``touched_ids``) names the ids a run abandoned unfinished may have written outputs for: a row of a
+    generation older than that run does not describe the output any more, so it is not kept."""
+
+    def __init__(self, storage: Storage, files: list[tuple[int, str]], touched: dict[str, int] | None = None) -> None:
         self.storage = storage
-        self.keys = keys
-        self._ranges: list[tuple[str, str | None, str | None]] | None = None
+        self.files = files
+        self.touched = touched or {}
+        self._ranges: list[tuple[int, str, str | None, str | None]] | None = None
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
 
-    def _id_ranges(self) -> list[tuple[str, str | None, str | None]]:
-        """(key, smallest id, largest id) of every earlier file, from the footers (None: unknown, always read)."""
+    def _id_ranges(self) -> list[tuple[int, str, str | None, str | None]]:
+        """(generation, key, smallest id, largest id) of every earlier file, from the footers (None: unknown)."""
         if self._ranges is None:
             self._ranges = []
-            for key in self.keys:
+            for generation, key in self.files:
                 with self.storage.open(key) as f:
                     meta = pq.ParquetFile(f).metadata
                 lo = hi = None
@@ -55,7 +61,7 @@ class EarlierResults:
                 stats = [meta.row_group(g).column(column).statistics for g in range(meta.num_row_groups)]
                 if stats and all(s is not None and s.has_min_max for s in stats):
                     lo, hi = min(str(s.min) for s in stats), max(str(s.max) for s in stats)
-                self._ranges.append((key, lo, hi))
+                self._ranges.append((generation, key, lo, hi))
         return self._ranges
 
     def _table(self, key: str) -> pa.Table:
@@ -71,18 +77,38 @@ class EarlierResults:
     def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """``{image_id: earlier metrics row}`` for those of ``ids`` the earlier generation holds."""
         present = [i for i in ids if i]
-        if not present or not self.keys:
+        if not present or not self.files:
             return {}
         lo, hi = min(present), max(present)
         wanted = pa.array(present, pa.string())
-        found: dict[str, dict[str, Any]] = {}
-        for key, first, last in self._id_ranges():
+        found: dict[str, dict[str, Any] | None] = {}
+        for generation, key, first, last in self._id_ranges():
             if first is not None and last is not None and (last < lo or first > hi):
                 continue
             table = self._table(key)
             for row in table.filter(pc.is_in(table.column("image_id"), value_set=wanted)).to_pylist():
-                found[row["image_id"]] = row
-        return found
+                image_id = row["image_id"]
+                if image_id not in found:  # the newest generation's row; None where a later run touched it
+                    found[image_id] = row if self.touched.get(image_id, -1) <= generation else None
+        return {k: v for k, v in found.items() if v is not None}
+
+
+def touched_ids(storage: Storage, generations: list[int]) -> dict[str, int]:
+    """``{image_id: newest generation}`` named by attempt markers left by those generations: the rows their
+    unfinished shards were stylizing (``ShardWorker.run`` lists them before writing any output)."""
+    touched: dict[str, int] = {}
+    for key in storage.list(layout.ATTEMPTS_PREFIX + "/"):
+        parsed = layout.parse_shard_key(key, layout.ATTEMPT_FILE)
+        if parsed is None or parsed[0] not in generations:
+            continue
+        data = storage.read_if_exists(key)
+        try:
+            ids = json.loads(data).get("ids", []) if data else []
+        except ValueError:
+            ids = []
+        for image_id in ids:
+            touched[image_id] = max(parsed[0], touched.get(image_id, -1))
+    return touched
 
 
 def classify(earlier: dict[str, Any] | None, uri: str, tag: str | None, rerun: str) -> tuple[str, bool]:
@@ -128,8 +154,8 @@ def diff_counts(
     rows: int,
     rerun: str,
 ) -> dict[str, int]:
-    """new, changed, unchanged, deleted rows of ``manifest`` against the earlier generation's files, and how
-    many rows a run would stylize (``to_process``)."""
+    """new, changed, unchanged, deleted rows of ``manifest`` against the earlier generations' files (newest
+    first), and how many rows a run would stylize (``to_process``)."""
     earlier_rows = 0
     for key in earlier_keys:
         with storage.open(key) as f:
@@ -139,8 +165,8 @@ def diff_counts(
     for part in range(parts):
         ids, hashes = _collect(_manifest_hashes(manifest, storage_options), parts, part)
         old_ids, old_hashes, old_failed = _collect(_earlier_hashes(storage, earlier_keys), parts, part)
-        order = np.argsort(old_ids, kind="stable")
-        old_ids, old_hashes, old_failed = old_ids[order], old_hashes[order], old_failed[order]
+        old_ids, first = np.unique(old_ids, return_index=True)  # sorted; an id's newest row (keys newest first)
+        old_hashes, old_failed = old_hashes[first], old_failed[first]
         at = np.searchsorted(old_ids, ids)
         at_clipped = np.minimum(at, max(len(old_ids) - 1, 0))
         found = (at < len(old_ids)) & (old_ids[at_clipped] == ids) if len(old_ids) else np.zeros(len(ids), bool)

@@ -29,7 +29,9 @@ LOG_KEY = "_logs"
 EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}
 
 
-SHARD_FILE = re.compile(r"(?:^|/)shard-(?:g(\d+)-)?(\d+)\.parquet$")  # the one pattern of a shard's metrics file
+_SHARD_NAME = r"(?:^|/)shard-(?:g(\d+)-)?(\d+)"  # the one pattern of a shard's file name (generation, shard)
+SHARD_FILE = re.compile(_SHARD_NAME + r"\.parquet$")
+ATTEMPT_FILE = re.compile(_SHARD_NAME + r"\.json$")
 
 
 def _shard_name(shard: int, generation: int) -> str:
@@ -41,9 +43,9 @@ def shard_key(shard: int, generation: int = 0) -> str:
     return f"{METRICS_PREFIX}/{_shard_name(shard, generation)}.parquet"
 
 
-def parse_shard_key(key: str) -> tuple[int, int] | None:
-    """``(generation, shard)`` of a metrics file's key, or None for anything else."""
-    m = SHARD_FILE.search(str(key))
+def parse_shard_key(key: str, pattern: re.Pattern[str] = SHARD_FILE) -> tuple[int, int] | None:
+    """``(generation, shard)`` of a metrics file's key (or an attempt marker's, with ``ATTEMPT_FILE``), or None."""
+    m = pattern.search(str(key))
     return (int(m.group(1) or 0), int(m.group(2))) if m else None
 
 

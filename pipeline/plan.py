@@ -118,8 +118,9 @@ class Plan:
     videos: list[tuple[int, int]] = field(default_factory=list)
     segments_done: set[tuple[int, int]] = field(default_factory=set)
     generation: int = 0
-    base: int | None = None  # the generation whose results this one keeps where the source is unchanged
-    base_rows: int = 0  # rows that generation committed (for the count of deleted rows)
+    # the generations whose results this one keeps where the source is unchanged, newest first: the one
+    # before, and the ones before that while a run over them was abandoned unfinished
+    bases: list[int] = field(default_factory=list)
     sources: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     rerun: str = "new"
@@ -132,6 +133,10 @@ class Plan:
             if row < self.rows and row // self.shard_rows not in self.done:
                 out += [s for s in cut(row, frames, self.segment_frames) if (row, s.index) not in self.segments_done]
         return out
+
+    @property
+    def base(self) -> int | None:
+        return self.bases[0] if self.bases else None
 
     @property
     def shards(self) -> int:
@@ -157,8 +162,7 @@ class Plan:
             "shards": self.shards,
             "segment_frames": self.segment_frames,
             "generation": self.generation,
-            "base": self.base,
-            "base_rows": self.base_rows,
+            "bases": self.bases,
             "rerun": self.rerun,
             "settings": self.settings,
         }
@@ -213,10 +217,9 @@ def make_plan(
         redo = rerun == "all" or (rerun == "failed" and int((finished or {}).get("failed", 0)) > 0)
         if same_manifest and not changed and (finished is None or not redo):
             return _resume(storage, recorded, info, listing)
-        committed = listing.get(generation, {})
-        plan.generation, plan.base = generation + 1, generation
-        old = Plan(int(recorded.get("rows", 0)), int(recorded.get("shard_rows", rows)), "", set())
-        plan.base_rows = sum(old.shard_range(s)[1] for s in committed if s < old.shards)
+        plan.generation = generation + 1
+        if not changed:  # results made under other pixel settings are never kept (rerun=all starts over)
+            plan.bases = [generation] + ([] if finished else [int(g) for g in recorded.get("bases", [])])
         plan.segment_frames = 0  # changed long videos are stylized whole: keys of segments are manifest rows
         if write:
             storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
@@ -244,7 +247,6 @@ def _refusal(storage: Storage, old: dict[str, Any], new: dict[str, Any]) -> str 
 def _resume(storage: Storage, recorded: dict[str, Any], info: ManifestInfo, listing: dict[int, dict[int, str]]) -> Plan:
     """The recorded generation, its shards cut as they were (shard_rows and segment_frames are fixed once it starts)."""
     generation = int(recorded.get("generation", 0))
-    base = recorded.get("base")
     plan = Plan(
         info.rows,
         int(recorded["shard_rows"]),
@@ -253,8 +255,7 @@ def _resume(storage: Storage, recorded: dict[str, Any], info: ManifestInfo, list
         int(recorded.get("segment_frames", 0)),
         info.videos,
         generation=generation,
-        base=int(base) if base is not None else None,
-        base_rows=int(recorded.get("base_rows", 0)),
+        bases=[int(g) for g in recorded.get("bases", [])],
         sources=info.sources,
         settings=recorded.get("settings") or {},
         rerun=str(recorded.get("rerun", "new")),

@@ -57,11 +57,17 @@ def plan_job(config: JobConfig, *, write: bool = True) -> tuple[Storage, Plan]:
 
 def dry_run_counts(config: JobConfig, storage: Storage, plan: Plan) -> dict[str, int]:
     """new, changed, unchanged, deleted and to_process rows of this plan's generation, streamed (no Ray)."""
-    if plan.base is None:
+    if not plan.bases:
         return {"new": plan.rows, "changed": 0, "unchanged": 0, "deleted": 0, "to_process": plan.pending_rows()}
-    keys = sorted(generations.listing(storage).get(plan.base, {}).values())
-    options = config.storage_options or None
-    return incremental.diff_counts(storage, keys, config.manifest, options, plan.rows, plan.rerun)
+    return incremental.diff_counts(
+        storage, _base_keys(storage, plan), config.manifest, config.storage_options or None, plan.rows, plan.rerun
+    )
+
+
+def _base_keys(storage: Storage, plan: Plan) -> list[str]:
+    """The metrics files of the generations this plan keeps results from, newest generation first."""
+    listing = generations.listing(storage)
+    return [key for g in plan.bases for key in sorted(listing.get(g, {}).values())]
 
 
 def shard_rows_for(config: JobConfig, rows: int) -> int:
@@ -267,20 +273,24 @@ def finish(
     for shard in range(plan.shards):
         if shard not in done:
             done[shard] = metrics.read_shard_summary(storage, committed[shard])
-    storage.prune(layout.ATTEMPTS_PREFIX)
     summaries = [done[s] for s in range(plan.shards)]
     rows = sum(int(s["rows"]) for s in summaries)
     if rows != plan.rows:
         raise JobError(f"metrics hold {rows} rows for a manifest of {plan.rows}")
+    counts = {k: sum(int(s.get(k, s["rows"] if k == "new" else 0)) for s in summaries) for k in ("new", "changed")}
+    counts["unchanged"] = sum(int(s.get("unchanged", 0)) for s in summaries)
+    counts["deleted"] = dry_run_counts(config, storage, plan)["deleted"]  # before the earlier files go
     # the new generation is whole: the earlier ones' files go, so metrics/ read as one dataset is the current view
     for generation, files in listing.items():
         if generation != plan.generation:
             for key in files.values():
                 storage.delete(key)
+    for key in storage.list(layout.ATTEMPTS_PREFIX + "/"):  # markers of abandoned generations: evidence no more
+        parsed = layout.parse_shard_key(key, layout.ATTEMPT_FILE)
+        if parsed is not None and parsed[0] != plan.generation:
+            storage.delete(key)
+    storage.prune(layout.ATTEMPTS_PREFIX)
     pruned = incremental.prune_outputs(storage, sorted(committed.values()), config.format) if config.prune else 0
-    counts = {k: sum(int(s.get(k, s["rows"] if k == "new" else 0)) for s in summaries) for k in ("new", "changed")}
-    counts["unchanged"] = sum(int(s.get("unchanged", 0)) for s in summaries)
-    counts["deleted"] = max(0, plan.base_rows - counts["changed"] - counts["unchanged"]) if plan.base is not None else 0
     summary = metrics.summarize(
         summaries,
         config=config.public_dict(),

@@ -182,10 +182,12 @@ class ShardWorker:
         if self._generation is None:
             data = self.storage.read_if_exists(layout.PLAN_KEY)
             self._generation = json.loads(data) if data else {}
-            base = self._generation.get("base")
-            if base is not None:
-                keys = sorted(generations.listing(self.storage).get(int(base), {}).values())
-                self._earlier = incremental.EarlierResults(self.storage, keys)
+            bases = [int(g) for g in self._generation.get("bases", [])]
+            if bases:
+                listing = generations.listing(self.storage)
+                files = [(g, key) for g in bases for key in sorted(listing.get(g, {}).values())]
+                touched = incremental.touched_ids(self.storage, bases)
+                self._earlier = incremental.EarlierResults(self.storage, files, touched)
         return self._generation
 
     def _items(self, shard: int, start: int, count: int) -> list[Item]:
@@ -412,7 +414,9 @@ class ShardWorker:
         photos = [it for it in todo if not is_video(it.row["source_uri"])] if videos else todo
         marker = self._marker(shard, generation)
         if marker is None:
-            self.storage.put(layout.attempt_key(shard, generation), json.dumps({"attempt": 1}).encode())
+            # the ids whose outputs this attempt may write: a later generation must not keep older rows of them
+            first = {"attempt": 1, "ids": [it.row["image_id"] for it in todo]}
+            self.storage.put(layout.attempt_key(shard, generation), json.dumps(first).encode())
             self._process(photos)
             for item in videos:
                 video_job.process_row(self, item)

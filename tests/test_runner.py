@@ -88,9 +88,9 @@ def test_end_to_end_bad_inputs_attacks_and_rerun(tmp_path: Path) -> None:
     assert again["rows"] == len(rows)
     assert {p: (out / p).stat().st_mtime_ns for p in files_under(out)} == stamps
 
-    # the same output with another manifest is refused, not mixed
+    # the same output with another manifest and other pixel settings is refused, not mixed
     other = write_manifest(tmp_path / "other.parquet", rows[:3])
-    with pytest.raises(JobError, match="different manifest"):
+    with pytest.raises(JobError, match="style_column was 'style' and is now None.*rerun=all"):
         runner.run(job_config(other, out))
 
 

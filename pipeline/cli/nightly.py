@@ -50,6 +50,9 @@ def nightly(
     if dry_run:
         _print_dry_run(cfg)
         return
+    from pipeline.runner import plan_job
+
+    plan_job(cfg, write=False)  # a refused rerun (changed pixel settings) ends here, before the bar
     summary = run_with_progress(cfg, label="nightly")
     _print_summary(summary, cfg.output)
     typer.echo(
