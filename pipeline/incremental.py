@@ -125,12 +125,11 @@ def classify(earlier: dict[str, Any] | None, uri: str, tag: str | None, rerun: s
 
 
 def _manifest_hashes(path: str, storage_options: dict[str, Any] | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(id hash, row hash over uri and source tag) per manifest batch."""
+    """(id hash, row hash: the uri's and the source tag's hashes combined) per manifest batch."""
     pf = open_manifest(path, storage_options)
     columns = ["image_id", "uri", *[c for c in TAG_COLUMNS if c in pf.schema_arrow.names]]
     for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns, use_threads=True):
-        tags = pc.fill_null(source_tags(batch), "")
-        yield hash64(batch.column(0)), hash64(pc.binary_join_element_wise(batch.column(1), tags, "\x00"))
+        yield hash64(batch.column(0)), hash64(batch.column(1)) ^ hash64(source_tags(batch), salt=1)
 
 
 def _earlier_hashes(storage: Storage, keys: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -141,9 +140,8 @@ def _earlier_hashes(storage: Storage, keys: list[str]) -> Iterator[tuple[np.ndar
             names = pf.schema_arrow.names
             table = pf.read(columns=[c for c in ("image_id", "source_uri", "source_tag", "status") if c in names])
         tags = table.column("source_tag") if "source_tag" in names else pa.nulls(table.num_rows, pa.string())
-        joined = pc.binary_join_element_wise(table.column("source_uri"), pc.fill_null(tags, ""), "\x00")
         failed = pc.not_equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
-        yield hash64(table.column("image_id")), hash64(joined), failed
+        yield hash64(table.column("image_id")), hash64(table.column("source_uri")) ^ hash64(tags, salt=1), failed
 
 
 def diff_counts(

@@ -129,7 +129,8 @@ def test_killed_job_reruns_to_exactly_one_row_per_input(tmp_path: Path) -> None:
     committed = len(list((out / "metrics").glob("shard-*.parquet")))
     assert 1 <= committed < 8
 
-    summary = runner.run(job_config(manifest, out, stylizer="test-invert", batch_size=2))
+    # the same stylizer: another one changes pixels and is refused (tests/test_incremental.py)
+    summary = runner.run(job_config(manifest, out, stylizer="test-slow", batch_size=2))
 
     got = metrics_rows(out)
     ids = [r["image_id"] for r in got]

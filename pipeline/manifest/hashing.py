@@ -15,15 +15,30 @@ import pyarrow.compute as pc
 
 from pipeline.manifest.schema import TAG_COLUMNS
 
-_WEIGHTS = np.random.default_rng(0x5717_11E5).integers(1, 2**63, size=1 << 12, dtype=np.uint64) | np.uint64(1)
+_R = 0x9E3779B97F4A7C15  # odd, so invertible mod 2**64: a string's hash needs no per-byte position
+_R_INV = pow(_R, -1, 1 << 64)
+_POWERS: list[np.ndarray] = [np.ones(1, np.uint64), np.ones(1, np.uint64)]  # R**i and R**-i, grown on demand
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(_POWERS[0]) < n:
+        size = max(n, 2 * len(_POWERS[0]))
+        for i, base in enumerate((_R, _R_INV)):
+            table = np.full(size, base, dtype=np.uint64)
+            table[0] = 1
+            _POWERS[i] = np.cumprod(table, dtype=np.uint64)  # wraps mod 2**64, as intended
+    return _POWERS[0], _POWERS[1]
 
 
 def _string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets rebased to 0, bytes) of a string array, nulls as empty strings."""
-    values = pc.cast(values, pa.large_string())
+    """(offsets rebased to 0, bytes) of a string array, nulls as empty strings; no copy of the bytes."""
+    if not pa.types.is_large_string(values.type):
+        values = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
     if values.null_count:
         values = pc.fill_null(values, "")
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    width = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset : values.offset + len(values) + 1]
+    offsets = offsets.astype(np.int64)
     data = np.frombuffer(values.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
     return offsets - offsets[0], data
 
@@ -33,18 +48,19 @@ def _chunks(values: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
 
 
 def hash64(values: pa.Array | pa.ChunkedArray, salt: int = 0) -> np.ndarray:
-    """A 64-bit hash per string (uint64; null hashes as ""): a random-weighted sum of the bytes by position,
-    then a splitmix64 finaliser. Deterministic across processes; collisions are about n^2 / 2^65, so
-    callers that must be exact (duplicate ids) confirm candidates on the strings themselves."""
+    """A 64-bit hash per string (uint64; null hashes as ""): the polynomial sum of its bytes times powers of
+    an odd constant mod 2**64 (one prefix sum over the batch's bytes, rebased per string by the inverse
+    power), mixed with the length through a splitmix64 finaliser. Deterministic across processes; not for
+    adversarial input: callers that must be exact (duplicate ids) confirm equal hashes on the strings."""
     out = []
     for chunk in _chunks(values):
         offsets, data = _string_buffers(chunk)
-        lengths = np.diff(offsets)
-        pos = np.arange(len(data), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-        terms = (data.astype(np.uint64) + np.uint64(1)) * _WEIGHTS[pos % len(_WEIGHTS)]
-        sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
-        h = sums[offsets[1:]] - sums[offsets[:-1]]
-        h ^= lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt)
+        powers, inverse = _powers(len(data) + 1)
+        sums = np.zeros(len(data) + 1, dtype=np.uint64)
+        np.cumsum(np.multiply(data, powers[: len(data)], dtype=np.uint64), out=sums[1:])
+        with np.errstate(over="ignore"):
+            h = (sums[offsets[1:]] - sums[offsets[:-1]]) * inverse[offsets[:-1]]
+            h ^= np.diff(offsets).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93) + np.uint64(salt)
         out.append(_mix(h))
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
