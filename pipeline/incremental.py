@@ -115,7 +115,8 @@ def classify(earlier: dict[str, Any] | None, uri: str, tag: str | None, rerun: s
     """(``new`` | ``changed`` | ``unchanged``, kept) of one row against its earlier metrics row."""
     if earlier is None:
         return "new", False
-    if earlier.get("source_uri") != uri or earlier.get("source_tag") != tag:
+    # metrics written before source tags were recorded have no source_tag: the uri alone decides
+    if earlier.get("source_uri") != uri or earlier.get("source_tag", tag) != tag:
         return "changed", False
     kept = rerun == "new" or (rerun == "failed" and earlier.get("status") == "ok")
     return "unchanged", kept

@@ -209,7 +209,8 @@ def make_plan(
         same_manifest = (
             recorded.get("manifest_sha256") == info.fingerprint
             and int(recorded.get("rows", -1)) == info.rows
-            and (recorded.get("sources_sha256") or "") == info.sources
+            # a plan written before sources were recorded: the fingerprint alone decides, as it did then
+            and recorded.get("sources_sha256", info.sources) == info.sources
         )
         if changed and rerun != "all":
             raise JobError(changed)
@@ -220,10 +221,13 @@ def make_plan(
         plan.generation = generation + 1
         if not changed:  # results made under other pixel settings are never kept (rerun=all starts over)
             plan.bases = [generation] + ([] if finished else [int(g) for g in recorded.get("bases", [])])
-        plan.segment_frames = 0  # changed long videos are stylized whole: keys of segments are manifest rows
+        if plan.bases:  # segments are keyed by manifest row, which moves: changed long videos go whole
+            plan.segment_frames = 0
         if write:
             storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
             storage.delete(layout.SUCCESS_KEY)  # the output is incomplete until this generation finishes
+            for key in storage.list(layout.SEGMENTS_PREFIX + "/"):  # an earlier generation's, by its rows
+                storage.delete(key)
         return plan
     if write:
         storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())

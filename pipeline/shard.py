@@ -205,7 +205,8 @@ class ShardWorker:
         for i, (image_id, uri, tag, spec, mask) in enumerate(zip(ids, uris, tags, specs, masks, strict=True)):
             kind, kept = incremental.classify(earlier.get(image_id), uri, tag, rerun)
             if kept:  # the earlier row, renumbered into this shard; its output stays as it is
-                item = Item({**earlier[image_id], "shard": shard, "row": start + i}, kept=True, kind=kind)
+                row = {**earlier[image_id], "shard": shard, "row": start + i, "source_tag": tag}
+                item = Item(row, kept=True, kind=kind)
             else:
                 item = Item(start_row(image_id, uri, shard, start + i, spec, self.config.stylizer, tag), kind=kind)
                 item.row["mask_uri"] = mask
