@@ -129,8 +129,9 @@ class ShardWorker:
         self.calls = 0
         self.images_in_calls = 0
         self.progress = (-1, 0, 0)  # (shard, rows done, rows failed) of the shard running now
-        self._generation: dict[str, Any] | None = None  # this run's _plan.json (generation, base, rerun)
+        self._generation: dict[str, Any] | None = None  # this run's _plan.json (generation, bases, rerun)
         self._earlier: incremental.EarlierResults | None = None
+        self.generation()  # read while the actor starts, not inside its first (possibly racing) task
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -448,4 +448,16 @@ def segment_task(worker: Any, row: int, index: int, start: int, stop: int | None
     problem = row_problem(item.row["image_id"], item.row["source_uri"], worker.config.allowed_schemes)
     if problem:  # the shard fails the row itself; nothing to cut
         return {"segment": True, "row": row, "index": index, "skipped": True}
+    if _claimed(worker, seg):  # the joining shard is doing it itself; a second copy would land after the join
+        return {"segment": True, "row": row, "index": index, "skipped": True}
     return run_segment(worker, seg, item.row["image_id"], item.row["source_uri"], item.row["style"])
+
+
+def _claimed(worker: Any, seg: Any) -> bool:
+    """Whether someone is working on ``seg`` now (its claim heartbeat is fresh)."""
+    import json
+
+    from pipeline import layout
+
+    claim = worker.storage.read_if_exists(layout.segment_key(seg.row, seg.index, "claim"))
+    return claim is not None and time.time() - float(json.loads(claim).get("at", 0)) <= CLAIM_STALE_SECONDS
