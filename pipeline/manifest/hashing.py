@@ -61,11 +61,12 @@ def hash64(values: pa.Array | pa.ChunkedArray, salt: int = 0) -> np.ndarray:
         with np.errstate(over="ignore"):
             h = (sums[offsets[1:]] - sums[offsets[:-1]]) * inverse[offsets[:-1]]
             h ^= np.diff(offsets).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93) + np.uint64(salt)
-        out.append(_mix(h))
+        out.append(hash_mix(h))
     return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
+def hash_mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves about half the output bits."""
     with np.errstate(over="ignore"):
         h = h ^ (h >> np.uint64(30))
         h = h * np.uint64(0xBF58476D1CE4E5B9)
