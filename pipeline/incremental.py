@@ -43,10 +43,17 @@ class EarlierResults:
     (``touched_ids``) names the ids a run abandoned unfinished may have written outputs for: a row of a
     generation older than that run does not describe the output any more, so it is not kept."""
 
-    def __init__(self, storage: Storage, files: list[tuple[int, str]], touched: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        files: list[tuple[int, str]],
+        touched: dict[str, int] | None = None,
+        ranges: dict[str, tuple[str | None, str | None]] | None = None,
+    ) -> None:
         self.storage = storage
         self.files = files
         self.touched = touched or {}
+        self.known = ranges or {}  # from the generations' indexes (read_ranges); other files' footers are read
         self._ranges: list[tuple[int, str, str | None, str | None]] | None = None
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
 
@@ -55,6 +62,9 @@ class EarlierResults:
         if self._ranges is None:
             self._ranges = []
             for generation, key in self.files:
+                if key in self.known:
+                    self._ranges.append((generation, key, *self.known[key]))
+                    continue
                 with self.storage.open(key) as f:
                     meta = pq.ParquetFile(f).metadata
                 lo = hi = None
@@ -92,6 +102,25 @@ class EarlierResults:
                 if image_id not in found:  # the newest generation's row; None where a later run touched it
                     found[image_id] = row if self.touched.get(image_id, -1) <= generation else None
         return {k: v for k, v in found.items() if v is not None}
+
+
+def read_ranges(storage: Storage, generations: list[int]) -> dict[str, tuple[str | None, str | None]]:
+    """``{metrics key: (first id, last id)}`` from the indexes finished generations left (``write_index``):
+    one read a generation instead of one footer a shard."""
+    ranges: dict[str, tuple[str | None, str | None]] = {}
+    for generation in generations:
+        data = storage.read_if_exists(layout.index_key(generation))
+        try:
+            ranges.update({k: (v[0], v[1]) for k, v in json.loads(data).items()} if data else {})
+        except (ValueError, TypeError, IndexError):  # a damaged index: the footers say the same
+            continue
+    return ranges
+
+
+def write_index(storage: Storage, generation: int, keys: dict[int, str], summaries: list[dict[str, Any]]) -> None:
+    """A finished generation's metrics files and their id ranges (from the shard summaries' footers)."""
+    index = {keys[s["shard"]]: [s["first_id"], s["last_id"]] for s in summaries if "first_id" in s}
+    storage.put(layout.index_key(generation), json.dumps(index).encode())
 
 
 def touched_ids(storage: Storage, generations: list[int]) -> dict[str, int]:

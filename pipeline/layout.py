@@ -7,6 +7,7 @@ OUTPUT/metrics/shard-gGGGG-NNNNN.parquet  the same for generation G >= 1 (a reru
 OUTPUT/_attempts/shard-[gGGGG-]NNNNN.json  while a shard runs: its attempt count (gone after a clean run)
 OUTPUT/videos/<image_id>.mp4          one per ok video row (segments joined, audio copied)
 OUTPUT/_segments/row-NNNNNNNNN/       while a long video is cut: seg-NNNNN.mp4 + .json (its commit marker)
+OUTPUT/_generations/gGGGG.json        a finished generation's metrics files with their image_id ranges
 OUTPUT/_plan.json                     the shard plan, the manifest's fingerprint, the generation, pixel settings
 OUTPUT/_SUCCESS                       the run summary, written last
 ```
@@ -23,6 +24,7 @@ VIDEOS_PREFIX = "videos"
 SEGMENTS_PREFIX = "_segments"
 METRICS_PREFIX = "metrics"
 ATTEMPTS_PREFIX = "_attempts"
+GENERATIONS_PREFIX = "_generations"
 PLAN_KEY = "_plan.json"
 SUCCESS_KEY = "_SUCCESS"
 LOG_KEY = "_logs"
@@ -47,6 +49,10 @@ def parse_shard_key(key: str, pattern: re.Pattern[str] = SHARD_FILE) -> tuple[in
     """``(generation, shard)`` of a metrics file's key (or an attempt marker's, with ``ATTEMPT_FILE``), or None."""
     m = pattern.search(str(key))
     return (int(m.group(1) or 0), int(m.group(2))) if m else None
+
+
+def index_key(generation: int) -> str:
+    return f"{GENERATIONS_PREFIX}/g{generation:04d}.json"
 
 
 def attempt_key(shard: int, generation: int = 0) -> str:

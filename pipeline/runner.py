@@ -285,6 +285,10 @@ def finish(
         if generation != plan.generation:
             for key in files.values():
                 storage.delete(key)
+    incremental.write_index(storage, plan.generation, committed, summaries)
+    for key in storage.list(layout.GENERATIONS_PREFIX + "/"):
+        if key != layout.index_key(plan.generation):
+            storage.delete(key)
     for key in storage.list(layout.ATTEMPTS_PREFIX + "/"):  # markers of abandoned generations: evidence no more
         parsed = layout.parse_shard_key(key, layout.ATTEMPT_FILE)
         if parsed is not None and parsed[0] != plan.generation:

@@ -188,7 +188,8 @@ class ShardWorker:
                 listing = generations.listing(self.storage)
                 files = [(g, key) for g in bases for key in sorted(listing.get(g, {}).values())]
                 touched = incremental.touched_ids(self.storage, bases)
-                self._earlier = incremental.EarlierResults(self.storage, files, touched)
+                ranges = incremental.read_ranges(self.storage, bases)
+                self._earlier = incremental.EarlierResults(self.storage, files, touched, ranges)
         return self._generation
 
     def _items(self, shard: int, start: int, count: int) -> list[Item]:
@@ -443,6 +444,7 @@ class ShardWorker:
             pid=os.getpid(),
             generation=generation,
             processed=len(todo),
+            **_id_range(items),
             **{kind: sum(it.kind == kind for it in items) for kind in ("new", "changed", "unchanged")},
         )
         self.storage.put(layout.shard_key(shard, generation), shard_file(rows, summary))
@@ -452,6 +454,12 @@ class ShardWorker:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def _id_range(items: list[Item]) -> dict[str, str]:
+    """The shard's smallest and largest image_id: the next generation reads this file only for ids between."""
+    ids = [it.row["image_id"] for it in items if it.row["image_id"]]
+    return {"first_id": min(ids), "last_id": max(ids)} if ids else {}
 
 
 def _expand_masks(masks: torch.Tensor, inside: list[Style], outside: list[Style]) -> torch.Tensor:

@@ -172,6 +172,9 @@ def test_a_kill_between_generations_reruns_to_exactly_once(tmp_path: Path) -> No
     assert {k: stamps(out)[k] for k in kept} == kept and stamps(out)["k00.png"] != before["k00.png"]
     assert not (out / "_attempts").exists()
     assert sorted(p.name for p in (out / "metrics").iterdir()) == [f"shard-g0002-{s:05d}.parquet" for s in range(4)]
+    index = json.loads((out / "_generations" / "g0002.json").read_text())  # what night 4's shards will read
+    assert sorted(p.name for p in (out / "_generations").iterdir()) == ["g0002.json"]
+    assert index["metrics/shard-g0002-00000.parquet"] == ["k00", "k02"]
 
 
 def test_changed_pixel_settings_are_refused_with_the_ways_on(tmp_path: Path) -> None:
