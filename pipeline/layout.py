@@ -2,16 +2,20 @@
 
 ```
 OUTPUT/images/<image_id>.<ext>        one per ok row, derived from the image id only
-OUTPUT/metrics/shard-NNNNN.parquet    one per shard: its rows' metrics; written last, the shard's commit marker
-OUTPUT/_attempts/shard-NNNNN.json     while a shard runs: its attempt count (gone after a clean run)
+OUTPUT/metrics/shard-NNNNN.parquet    one per shard of generation 0: its rows' metrics; the shard's commit marker
+OUTPUT/metrics/shard-gGGGG-NNNNN.parquet  the same for generation G >= 1 (a rerun over a changed manifest)
+OUTPUT/_attempts/shard-[gGGGG-]NNNNN.json  while a shard runs: its attempt count (gone after a clean run)
 OUTPUT/videos/<image_id>.mp4          one per ok video row (segments joined, audio copied)
 OUTPUT/_segments/row-NNNNNNNNN/       while a long video is cut: seg-NNNNN.mp4 + .json (its commit marker)
-OUTPUT/_plan.json                     the shard plan and the manifest's fingerprint
+OUTPUT/_generations/gGGGG.json        a finished generation's metrics files with their image_id ranges
+OUTPUT/_plan.json                     the shard plan, the manifest's fingerprint, the generation, pixel settings
 OUTPUT/_SUCCESS                       the run summary, written last
 ```
 """
 
 from __future__ import annotations
+
+import re
 
 from pipeline.storage import safe_key
 
@@ -20,18 +24,39 @@ VIDEOS_PREFIX = "videos"
 SEGMENTS_PREFIX = "_segments"
 METRICS_PREFIX = "metrics"
 ATTEMPTS_PREFIX = "_attempts"
+GENERATIONS_PREFIX = "_generations"
 PLAN_KEY = "_plan.json"
 SUCCESS_KEY = "_SUCCESS"
 LOG_KEY = "_logs"
 EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}
 
 
-def shard_key(shard: int) -> str:
-    return f"{METRICS_PREFIX}/shard-{shard:05d}.parquet"
+_SHARD_NAME = r"(?:^|/)shard-(?:g(\d+)-)?(\d+)"  # the one pattern of a shard's file name (generation, shard)
+SHARD_FILE = re.compile(_SHARD_NAME + r"\.parquet$")
+ATTEMPT_FILE = re.compile(_SHARD_NAME + r"\.json$")
 
 
-def attempt_key(shard: int) -> str:
-    return f"{ATTEMPTS_PREFIX}/shard-{shard:05d}.json"
+def _shard_name(shard: int, generation: int) -> str:
+    # generation 0 keeps the names outputs written before generations existed already have
+    return f"shard-g{generation:04d}-{shard:05d}" if generation else f"shard-{shard:05d}"
+
+
+def shard_key(shard: int, generation: int = 0) -> str:
+    return f"{METRICS_PREFIX}/{_shard_name(shard, generation)}.parquet"
+
+
+def parse_shard_key(key: str, pattern: re.Pattern[str] = SHARD_FILE) -> tuple[int, int] | None:
+    """``(generation, shard)`` of a metrics file's key (or an attempt marker's, with ``ATTEMPT_FILE``), or None."""
+    m = pattern.search(str(key))
+    return (int(m.group(1) or 0), int(m.group(2))) if m else None
+
+
+def index_key(generation: int) -> str:
+    return f"{GENERATIONS_PREFIX}/g{generation:04d}.json"
+
+
+def attempt_key(shard: int, generation: int = 0) -> str:
+    return f"{ATTEMPTS_PREFIX}/{_shard_name(shard, generation)}.json"
 
 
 def output_key(image_id: str, fmt: str) -> str:

@@ -42,6 +42,7 @@ METRICS_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
         ("source_uri", pa.string()),
+        ("source_tag", pa.string()),  # etag, else size@mtime: how the next run tells a replaced photo
         ("shard", pa.int64()),
         ("row", pa.int64()),
         ("status", pa.string()),

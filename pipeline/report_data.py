@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 
 from pipeline import layout
 
-SHARD_FILE = re.compile(r"(^|/)shard-\d+\.parquet$")
 TIMING_COLUMNS = ("seconds_decode", "seconds_stylize", "seconds_encode")  # and any other seconds_* column found
 QUALITY_COLUMNS = ("style_distance", "content_distance", "colour_distance")
 WORST_FALLBACKS = ("content_distance", "style_distance", "colour_distance", "seconds_stylize")
@@ -25,7 +24,7 @@ WORST_FALLBACKS = ("content_distance", "style_distance", "colour_distance", "sec
 
 def load(storage: Any) -> tuple[pa.Table, dict[str, Any]]:
     """All metrics rows (shards concatenated, unsorted) and the ``_SUCCESS`` summary ({} if unfinished)."""
-    keys = [k for k in storage.list(layout.METRICS_PREFIX + "/") if SHARD_FILE.search(k)]
+    keys = [k for k in storage.list(layout.METRICS_PREFIX + "/") if layout.SHARD_FILE.search(k)]
     tables = [pq.read_table(io.BytesIO(storage.get(k))) for k in keys]
     table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
     for name, typ in _EXPECTED.items():

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import layout, lease
+from pipeline import generations, incremental, layout, lease
 from pipeline.config import JobConfig
-from pipeline.errors import JobError, WeightsError
-from pipeline.plan import Plan, committed_shards, inspect_manifest, make_plan
+from pipeline.errors import JobError, ManifestError, WeightsError
+from pipeline.plan import Plan, inspect_manifest, make_plan
 from pipeline.storage import Storage
 
 Progress = Callable[[dict[str, Any]], None]
@@ -42,12 +42,32 @@ def plan_job(config: JobConfig, *, write: bool = True) -> tuple[Storage, Plan]:
     info = inspect_manifest(config.manifest, config.storage_options or None)
     for column in (config.style_column, config.mask_column):
         if column and column not in info.columns:
-            from pipeline.errors import ManifestError
-
             raise ManifestError(f"{config.manifest} has no column {column!r} (columns: {', '.join(info.columns)})")
-    return storage, make_plan(
-        storage, info, shard_rows_for(config, info.rows), write=write, segment_frames=config.segment_frames
+    plan = make_plan(
+        storage,
+        info,
+        shard_rows_for(config, info.rows),
+        write=write,
+        segment_frames=config.segment_frames,
+        settings=generations.pixel_settings(config),
+        rerun=config.rerun,
     )
+    return storage, plan
+
+
+def dry_run_counts(config: JobConfig, storage: Storage, plan: Plan) -> dict[str, int]:
+    """new, changed, unchanged, deleted and to_process rows of this plan's generation, streamed (no Ray)."""
+    if not plan.bases:
+        return {"new": plan.rows, "changed": 0, "unchanged": 0, "deleted": 0, "to_process": plan.pending_rows()}
+    return incremental.diff_counts(
+        storage, _base_keys(storage, plan), config.manifest, config.storage_options or None, plan.rows, plan.rerun
+    )
+
+
+def _base_keys(storage: Storage, plan: Plan) -> list[str]:
+    """The metrics files of the generations this plan keeps results from, newest generation first."""
+    listing = generations.listing(storage)
+    return [key for g in plan.bases for key in sorted(listing.get(g, {}).values())]
 
 
 def shard_rows_for(config: JobConfig, rows: int) -> int:
@@ -117,8 +137,9 @@ def run(config: JobConfig, *, progress: Progress | None = None, address: str | N
         storage, plan = plan_job(config)
         done = plan.rows - plan.pending_rows()
         state = {"total": plan.rows, "done": done, "start_done": done, "failed": 0, "processed": 0, "rate": 0.0}
-        if not plan.pending and storage.exists(layout.SUCCESS_KEY):
-            return json.loads(storage.get(layout.SUCCESS_KEY))
+        finished = storage.read_if_exists(layout.SUCCESS_KEY) if not plan.pending else None
+        if finished is not None and int(json.loads(finished).get("generation", 0)) == plan.generation:
+            return json.loads(finished)
         fresh: list[dict[str, Any]] = []
         if plan.pending:
             if progress:
@@ -151,24 +172,49 @@ def finish(
     from pipeline import metrics
 
     done = {int(s["shard"]): s for s in fresh}
-    committed = committed_shards(storage)
+    listing = generations.listing(storage)
+    committed = listing.get(plan.generation, {})
     missing = [s for s in range(plan.shards) if s not in committed]
     if missing:
         raise JobError(f"shards {missing[:5]} did not commit; rerun the job to finish them")
     for shard in range(plan.shards):
         if shard not in done:
-            done[shard] = metrics.read_shard_summary(storage, layout.shard_key(shard))
-    storage.prune(layout.ATTEMPTS_PREFIX)
+            done[shard] = metrics.read_shard_summary(storage, committed[shard])
     summaries = [done[s] for s in range(plan.shards)]
     rows = sum(int(s["rows"]) for s in summaries)
     if rows != plan.rows:
         raise JobError(f"metrics hold {rows} rows for a manifest of {plan.rows}")
+    counts = {k: sum(int(s.get(k, s["rows"] if k == "new" else 0)) for s in summaries) for k in ("new", "changed")}
+    counts["unchanged"] = sum(int(s.get("unchanged", 0)) for s in summaries)
+    counts["deleted"] = dry_run_counts(config, storage, plan)["deleted"]  # before the earlier files go
+    # the new generation is whole: the earlier ones' files go, so metrics/ read as one dataset is the current view
+    for generation, files in listing.items():
+        if generation != plan.generation:
+            for key in files.values():
+                storage.delete(key)
+    incremental.write_index(storage, plan.generation, committed, summaries)
+    for key in storage.list(layout.GENERATIONS_PREFIX + "/"):
+        if key != layout.index_key(plan.generation):
+            storage.delete(key)
+    for key in storage.list(layout.ATTEMPTS_PREFIX + "/"):  # markers of abandoned generations: evidence no more
+        parsed = layout.parse_shard_key(key, layout.ATTEMPT_FILE)
+        if parsed is not None and parsed[0] != plan.generation:
+            storage.delete(key)
+    storage.prune(layout.ATTEMPTS_PREFIX)
+    pruned = incremental.prune_outputs(storage, sorted(committed.values()), config.format) if config.prune else 0
     summary = metrics.summarize(
         summaries,
         config=config.public_dict(),
         wall_seconds=wall,
-        processed=processed,
-        extra={"shards": plan.shards, "shard_rows": plan.shard_rows, "output": storage.root_uri},
+        processed=sum(int(s.get("processed", s["rows"])) for s in fresh) if fresh else processed,
+        extra={
+            "shards": plan.shards,
+            "shard_rows": plan.shard_rows,
+            "output": storage.root_uri,
+            "generation": plan.generation,
+            **counts,
+            "pruned": pruned,
+        },
     )
     storage.put(layout.SUCCESS_KEY, metrics.summary_bytes(summary))
     return summary

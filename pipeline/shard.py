@@ -7,6 +7,10 @@ that runs ahead of the model, groups the decoded images into model calls that fi
 metrics Parquet atomically. That file is the shard's commit marker; the caller receives only
 its small summary.
 
+On a rerun over an output that already holds results (a new generation, ``pipeline.generations``),
+the rows whose source is unchanged since the earlier generation are kept: their earlier metrics rows
+are copied into this shard's file and their outputs are not touched (``pipeline.incremental``).
+
 Every row ends as exactly one metrics row, ``ok`` or ``failed`` with a one-line reason, the
 exception's class (``error_kind``) and the stage it failed in (``failed_stage``): a bad input never
 raises. Only what belongs to the photo fails a row (its source is missing or unreadable, it does not
@@ -38,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from pipeline import layout, video_job
+from pipeline import generations, incremental, layout, video_job
 from pipeline.batching import Call, plan_calls
 from pipeline.codec import decode_image, encode_image, to_array, to_arrays, to_tensor
 from pipeline.config import JobConfig
@@ -46,6 +50,8 @@ from pipeline.crashes import crash_limit
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError, MachineError, StorageError, StylizeError, describe
 from pipeline.imaging import fit, resize, resize_masks
+from pipeline.manifest.hashing import source_tags
+from pipeline.manifest.schema import TAG_COLUMNS
 from pipeline.media.video import is_video
 from pipeline.metrics import QualityScorer, Stage, shard_file, shard_summary
 from pipeline.models.base import Style
@@ -78,6 +84,8 @@ class Item:
     pixels: torch.Tensor | None = None  # (1,3,H,W) uint8 after max_side (a quarter of float's memory)
     mask: torch.Tensor | None = None  # (1,1,H,W) in [0,1]
     output: Future[str] | None = field(default=None, repr=False)
+    kept: bool = False  # its earlier generation's row is copied forward; nothing to do
+    kind: str = "new"  # against the earlier generation: new, changed or unchanged (pipeline.incremental)
 
     @property
     def ok(self) -> bool:
@@ -94,10 +102,13 @@ class Item:
         self.pixels = self.mask = None
 
 
-def start_row(image_id: str, uri: str, shard: int, row: int, style: str, stylizer: str) -> Row:
+def start_row(
+    image_id: str, uri: str, shard: int, row: int, style: str, stylizer: str, source_tag: str | None = None
+) -> Row:
     return {
         "image_id": image_id,
         "source_uri": uri,
+        "source_tag": source_tag,
         "shard": shard,
         "row": row,
         "style": style,
@@ -147,6 +158,9 @@ class ShardWorker:
         self.images_in_calls = 0
         self.progress = (-1, 0, 0)  # (shard, rows done, rows failed) of the shard running now
         self.videos = video_job.VideoShard(config, self.storage, self._frames, self._open_manifest, self._source)
+        self._generation: dict[str, Any] | None = None  # this run's _plan.json (generation, bases, rerun)
+        self._earlier: incremental.EarlierResults | None = None
+        self.generation()  # read while the actor starts, not inside its first (possibly racing) task
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -157,13 +171,14 @@ class ShardWorker:
     def read_rows(self, start: int, count: int) -> pa.Table:
         """Rows ``start .. start+count`` of the manifest, only the columns this job reads."""
         pf = self._open_manifest()  # its columns were checked when the job was planned
+        columns = self._columns() + [c for c in TAG_COLUMNS if c in pf.schema_arrow.names]
         pieces, first = [], 0
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             lo, hi = max(start, first), min(start + count, first + n)
             if lo < hi:
                 if self._group is None or self._group[0] != g:
-                    self._group = (g, pf.read_row_group(g, columns=self._columns()))
+                    self._group = (g, pf.read_row_group(g, columns=columns))
                 pieces.append(self._group[1].slice(lo - first, hi - lo))
             first += n
         return pa.concat_tables(pieces) if pieces else pa.table({c: pa.array([], pa.string()) for c in self._columns()})
@@ -211,17 +226,40 @@ class ShardWorker:
     def _read(self, uri: str) -> bytes:
         return read_source(uri, self.config.allowed_schemes, self.config.storage_options or None)
 
+    def generation(self) -> dict[str, Any]:
+        """This run's ``_plan.json`` (read once per actor: a run is one generation)."""
+        if self._generation is None:
+            data = self.storage.read_if_exists(layout.PLAN_KEY)
+            self._generation = json.loads(data) if data else {}
+            bases = [int(g) for g in self._generation.get("bases", [])]
+            if bases:
+                listing = generations.listing(self.storage)
+                files = [(g, key) for g in bases for key in sorted(listing.get(g, {}).values())]
+                touched = incremental.touched_ids(self.storage, bases)
+                ranges = incremental.read_ranges(self.storage, bases)
+                self._earlier = incremental.EarlierResults(self.storage, files, touched, ranges)
+        return self._generation
+
     def _items(self, shard: int, start: int, count: int) -> list[Item]:
+        """The shard's rows as items; those kept from the earlier generation are marked ``kept``."""
         table = self.read_rows(start, count)
         ids = [str(v) if v is not None else "" for v in table.column("image_id").to_pylist()]
         uris = [str(v) if v is not None else "" for v in table.column("uri").to_pylist()]
+        tags = source_tags(table).to_pylist()
         column = table.column(self.config.style_column).to_pylist() if self.config.style_column else None
         specs = assign_styles(ids, self.config, column)
         masks = table.column(self.config.mask_column).to_pylist() if self.config.mask_column else [None] * len(ids)
+        rerun = str(self.generation().get("rerun", "new"))
+        earlier = self._earlier.lookup(ids) if self._earlier is not None else {}
         items = []
-        for i, (image_id, uri, spec, mask) in enumerate(zip(ids, uris, specs, masks, strict=True)):
-            item = Item(start_row(image_id, uri, shard, start + i, spec, self.config.stylizer))
-            item.row["mask_uri"] = mask
+        for i, (image_id, uri, tag, spec, mask) in enumerate(zip(ids, uris, tags, specs, masks, strict=True)):
+            kind, kept = incremental.classify(earlier.get(image_id), uri, tag, rerun)
+            if kept:  # the earlier row, renumbered into this shard; its output stays as it is
+                row = {**earlier[image_id], "shard": shard, "row": start + i, "source_tag": tag}
+                item = Item(row, kept=True, kind=kind)
+            else:
+                item = Item(start_row(image_id, uri, shard, start + i, spec, self.config.stylizer, tag), kind=kind)
+                item.row["mask_uri"] = mask
             items.append(item)
         return items
 
@@ -420,8 +458,8 @@ class ShardWorker:
 
     # --- the shard -----------------------------------------------------------------------------
 
-    def _marker(self, shard: int) -> dict[str, Any] | None:
-        key = layout.attempt_key(shard)
+    def _marker(self, shard: int, generation: int = 0) -> dict[str, Any] | None:
+        key = layout.attempt_key(shard, generation)
         data = self.storage.read_if_exists(key)
         if data is None:
             return None
@@ -440,13 +478,17 @@ class ShardWorker:
         t0 = time.perf_counter()
         self.calls = self.images_in_calls = 0
         self.progress = (shard, 0, 0)
+        generation = int(self.generation().get("generation", 0))
         items = self._items(shard, start, count)
-        videos = [it for it in items if is_video(it.row["source_uri"])]  # pipeline.video_job, after the photos
-        photos = [it for it in items if not is_video(it.row["source_uri"])] if videos else items
-        marker = self._marker(shard)
+        todo = [it for it in items if not it.kept]
+        videos = [it for it in todo if is_video(it.row["source_uri"])]  # pipeline.video_job, after the photos
+        photos = [it for it in todo if not is_video(it.row["source_uri"])] if videos else todo
+        marker = self._marker(shard, generation)
         try:
             if marker is None:
-                self.storage.put(layout.attempt_key(shard), json.dumps({"attempt": 1}).encode())
+                # the ids whose outputs this attempt may write: a later generation must not keep older rows of them
+                first = {"attempt": 1, "ids": [it.row["image_id"] for it in todo]}
+                self.storage.put(layout.attempt_key(shard, generation), json.dumps(first).encode())
                 self._process(photos)
                 for item in videos:
                     video_job.process_row(self.videos, item)
@@ -458,15 +500,15 @@ class ShardWorker:
                 if item.output is not None:
                     _settle(item)
                 item.row.setdefault("finished_at", time.time())
-            summary = self._commit(shard, items, t0)
+            summary = self._commit(shard, items, len(todo), generation, t0)
         except StorageError:
-            self._give_back(items, marker, shard)
+            self._give_back(items, marker, shard, generation)
             raise
         with contextlib.suppress(StorageError):  # a leftover marker is harmless: committed shards are skipped
-            self.storage.delete(layout.attempt_key(shard))
+            self.storage.delete(layout.attempt_key(shard, generation))
         return summary
 
-    def _commit(self, shard: int, items: list[Item], t0: float) -> dict[str, Any]:
+    def _commit(self, shard: int, items: list[Item], processed: int, generation: int, t0: float) -> dict[str, Any]:
         rows = [it.row for it in items]
         summary = shard_summary(
             rows,
@@ -475,11 +517,15 @@ class ShardWorker:
             images_in_calls=self.images_in_calls,
             seconds=time.perf_counter() - t0,
             pid=os.getpid(),
+            generation=generation,
+            processed=processed,
+            **_id_range(items),
+            **{kind: sum(it.kind == kind for it in items) for kind in ("new", "changed", "unchanged")},
         )
-        self.storage.put(layout.shard_key(shard), shard_file(rows, summary))
+        self.storage.put(layout.shard_key(shard, generation), shard_file(rows, summary))
         return summary
 
-    def _give_back(self, items: list[Item], marker: dict[str, Any] | None, shard: int) -> None:
+    def _give_back(self, items: list[Item], marker: dict[str, Any] | None, shard: int, generation: int) -> None:
         """A storage error ends this attempt (no commit): let the writes in flight finish, so none lands after
         the shard is given up, and take this attempt out of the marker (no image is blamed for the store's
         error; a first attempt's retry runs at full speed again)."""
@@ -489,7 +535,7 @@ class ShardWorker:
                     item.output.result()
         with contextlib.suppress(StorageError):  # the store may be what failed; the marker is a best effort
             if marker is None:
-                self.storage.delete(layout.attempt_key(shard))
+                self.storage.delete(layout.attempt_key(shard, generation))
             else:
                 marker.pop("suspect", None)
                 marker["attempt"] -= 1
@@ -507,6 +553,12 @@ def _settle(item: Item) -> None:
         item.row["output_uri"] = item.output.result()
     except StageError as exc:
         item.fail(exc.cause, exc.stage)
+
+
+def _id_range(items: list[Item]) -> dict[str, str]:
+    """The shard's smallest and largest image_id: the next generation reads this file only for ids between."""
+    ids = [it.row["image_id"] for it in items if it.row["image_id"]]
+    return {"first_id": min(ids), "last_id": max(ids)} if ids else {}
 
 
 def _expand_masks(masks: torch.Tensor, inside: list[Style], outside: list[Style]) -> torch.Tensor:

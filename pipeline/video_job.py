@@ -320,4 +320,12 @@ def segment_task(shard: VideoShard, row: int, index: int, start: int, stop: int 
     image_id, uri, spec = shard.source(row)
     if row_problem(image_id, uri, shard.config.allowed_schemes):  # the shard fails the row itself; nothing to cut
         return {"segment": True, "row": row, "index": index, "skipped": True}
+    if _claimed(shard, seg):  # the joining shard is doing it itself; a second copy would land after the join
+        return {"segment": True, "row": row, "index": index, "skipped": True}
     return run_segment(shard, seg, image_id, uri, spec)
+
+
+def _claimed(shard: VideoShard, seg: Segment) -> bool:
+    """Whether someone is working on ``seg`` now (its claim heartbeat is fresh)."""
+    claim = shard.storage.read_if_exists(layout.segment_key(seg.row, seg.index, "claim"))
+    return claim is not None and time.time() - float(json.loads(claim).get("at", 0)) <= CLAIM_STALE_SECONDS

@@ -92,9 +92,9 @@ def test_end_to_end_bad_inputs_attacks_and_rerun(tmp_path: Path) -> None:
     assert stamps() == before
     assert json.loads((out / "_lease" / "000000000001.json").read_text())["released"] is True
 
-    # the same output with another manifest is refused, not mixed
+    # the same output with another manifest and other pixel settings is refused, not mixed
     other = write_manifest(tmp_path / "other.parquet", rows[:3])
-    with pytest.raises(JobError, match="different manifest"):
+    with pytest.raises(JobError, match="style_column was 'style' and is now None.*rerun=all"):
         runner.run(job_config(other, out))
 
 
@@ -133,7 +133,8 @@ def test_killed_job_reruns_to_exactly_one_row_per_input(tmp_path: Path) -> None:
     committed = len(list((out / "metrics").glob("shard-*.parquet")))
     assert 1 <= committed < 8
 
-    summary = runner.run(job_config(manifest, out, stylizer="test-invert", batch_size=2))
+    # the same stylizer: another one changes pixels and is refused (tests/test_incremental.py)
+    summary = runner.run(job_config(manifest, out, stylizer="test-slow", batch_size=2))
 
     got = metrics_rows(out)
     ids = [r["image_id"] for r in got]

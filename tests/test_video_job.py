@@ -178,7 +178,7 @@ def test_a_shard_with_photos_long_and_bad_videos(folder: Path, tmp_path: Path) -
         r = got[f"bad-{name}.mp4"]
         assert r["status"] == "failed" and reason in r["error"], (name, r["error"])
         assert r["error_kind"] and r["failed_stage"] in ("read", "decode", "stylize"), (name, r)
-    assert not any(p.startswith(("_segments", "_attempts")) for p in files_under(out))
+    assert not any(p.startswith(("_segments", "_attempts")) for p in files_under(out)), files_under(out)
 
 
 def test_a_job_on_ray_mixes_photos_and_videos(folder: Path, tmp_path: Path, monkeypatch) -> None:
@@ -204,7 +204,7 @@ def test_a_job_on_ray_mixes_photos_and_videos(folder: Path, tmp_path: Path, monk
     assert probe_video(str(out / layout.video_key("long.mp4"))).frames == N
     assert vh.audio_packets(out / layout.video_key("long.mp4")) == vh.audio_packets(folder / "in" / "long.mp4")
     assert {p for p in files_under(out) if p.startswith("videos/")} == {"videos/long.mp4.mp4", "videos/short.mov.mp4"}
-    assert not any(p.startswith(("_segments", "_attempts")) for p in files_under(out))
+    assert not any(p.startswith(("_segments", "_attempts")) for p in files_under(out)), files_under(out)
 
 
 def test_the_report_shows_a_frame_strip_and_ewarp_per_video(folder: Path, tmp_path: Path) -> None:

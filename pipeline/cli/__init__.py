@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import bench, gallery, image, jobs, manifest, models, report, train, video
+from pipeline.cli import bench, gallery, image, jobs, manifest, models, nightly, report, train, video
 from pipeline.errors import StylizeError
 
 INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE
@@ -66,6 +66,7 @@ app.command("video")(video.video)
 app.add_typer(models.app, name="models")
 app.add_typer(manifest.app, name="manifest")
 jobs.attach(app)  # run, submit, status, logs, stop, demo
+nightly.attach(app)
 app.command("report")(report.report)
 app.add_typer(bench.app, name="bench")
 app.add_typer(train.app, name="train")

@@ -124,6 +124,25 @@ def _print_summary(summary: dict[str, Any], output: str) -> None:
     )
 
 
+def _print_dry_run(cfg: Any) -> None:
+    """The plan and, against what the output already holds, the rows new, changed, unchanged and deleted."""
+    from pipeline.runner import dry_run_counts, plan_job
+
+    storage, plan = plan_job(cfg, write=False)
+    pending = plan.pending
+    typer.echo(
+        f"{plan.rows} rows in {plan.shards} shards of {plan.shard_rows}: {plan.shards - len(pending)} done, "
+        f"{len(pending)} pending ({plan.pending_rows()} rows to stylize with {cfg.stylizer}, "
+        f"batch {cfg.batch_size}, {cfg.actors or 'auto'} actor(s)) -> {cfg.output}"
+    )
+    counts = dry_run_counts(cfg, storage, plan)
+    typer.echo(
+        f"generation {plan.generation}: {counts['new']} new, {counts['changed']} changed, "
+        f"{counts['unchanged']} unchanged, {counts['deleted']} deleted; {counts['to_process']} to stylize"
+        + (f" (rerun={plan.rerun})" if plan.rerun != "new" else "")
+    )
+
+
 def run(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,
@@ -146,15 +165,7 @@ def run(
     if wait_for_lease:
         cfg.wait_for_lease = True
     if dry_run:
-        from pipeline.runner import plan_job
-
-        _, plan = plan_job(cfg, write=False)
-        pending = plan.pending
-        typer.echo(
-            f"{plan.rows} rows in {plan.shards} shards of {plan.shard_rows}: {plan.shards - len(pending)} done, "
-            f"{len(pending)} pending ({plan.pending_rows()} rows to stylize with {cfg.stylizer}, "
-            f"batch {cfg.batch_size}, {cfg.actors or 'auto'} actor(s)) -> {cfg.output}"
-        )
+        _print_dry_run(cfg)
         return
     summary = run_with_progress(cfg)
     _print_summary(summary, cfg.output)

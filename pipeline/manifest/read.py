@@ -1,0 +1,117 @@
+"""Reading and checking manifests: open (footer only), read, URI lists, per-row problems, duplicates."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import ManifestError, StorageError
+from pipeline.manifest.schema import REQUIRED_COLUMNS
+from pipeline.storage import ALLOWED_SCHEMES, key_problem, open_fs, schemes_of
+
+
+def open_manifest(path: str, storage_options: dict[str, Any] | None = None) -> pq.ParquetFile:
+    """The manifest at ``path`` opened (its footer read, no rows); ``ManifestError`` if unreadable."""
+    fs, fpath = open_fs(path, storage_options)
+    try:
+        return pq.ParquetFile(fs.open(fpath, "rb"))
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {path}") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {type(exc).__name__}: {exc}") from None
+
+
+def read_manifest(path: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """The manifest at ``path`` as a table; raises ``ManifestError`` if unreadable or lacking columns."""
+    pf = open_manifest(path, storage_options)
+    try:
+        table = pf.read()
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {type(exc).__name__}: {exc}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ManifestError(f"manifest {path} lacks column(s) {', '.join(missing)}; has {table.column_names}")
+    return table
+
+
+def read_uri_list(
+    path: str, storage_options: dict[str, Any] | None = None, allowed_schemes: Iterable[str] = ALLOWED_SCHEMES
+) -> list[str]:
+    """URIs (or style specs) listed by ``path``: a Parquet manifest's ``uri`` column, or a UTF-8 text
+    file with one entry a line (blank lines and ``#`` comments skipped). Raises ``ManifestError``."""
+    if str(path).endswith(".parquet"):
+        return [str(u) for u in read_manifest(path, storage_options).column("uri").to_pylist() if u]
+    from pipeline.storage import read_source
+
+    try:
+        data = read_source(path, allowed_schemes, storage_options)
+        text = (gzip.decompress(data) if str(path).endswith(".gz") else data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path} is neither a .parquet manifest nor a UTF-8 list of URIs") from None
+    except StorageError as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def row_problem(image_id: object, uri: object, allowed_schemes: Iterable[str] = ALLOWED_SCHEMES) -> str | None:
+    """Why one row cannot be processed, or None: what the runner records as the row's failure."""
+    if image_id is None or image_id == "":
+        return "missing image_id"
+    problem = key_problem(image_id)
+    if problem:
+        return f"unsafe image_id: {problem}"
+    if uri is None or uri == "":
+        return "missing uri"
+    if not isinstance(uri, str):
+        return f"uri must be a string, got {type(uri).__name__}"
+    allowed = {s.lower() for s in allowed_schemes}
+    bad = [s for s in schemes_of(uri) if s not in allowed]
+    if bad:
+        return f"uri scheme {bad[0] or 'local'!r} not allowed"
+    return None
+
+
+def duplicate_ids(table: pa.Table) -> dict[str, int]:
+    """``{image_id: count}`` for ids that occur more than once."""
+    counts = pc.value_counts(table.column("image_id"))
+    values, ns = counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+    return {v: n for v, n in zip(values, ns, strict=True) if n > 1 and v is not None}
+
+
+def validate(table: pa.Table, allowed_schemes: Iterable[str] = ALLOWED_SCHEMES, *, limit: int = 100) -> list[str]:
+    """Every problem of a manifest as one line each (at most ``limit``, then a count of the rest)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        return [f"missing column {c!r}" for c in missing]
+    problems = []
+    for name in REQUIRED_COLUMNS:
+        typ = table.schema.field(name).type
+        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+            problems.append(f"column {name!r} must hold strings, got {typ}")
+    if problems:
+        return problems
+    total = 0
+    for image_id, n in sorted(duplicate_ids(table).items()):
+        total += 1
+        if len(problems) < limit:
+            problems.append(f"duplicate image_id {image_id!r} ({n} rows)")
+    allowed = {s.lower() for s in allowed_schemes}
+    ids, uris = table.column("image_id"), table.column("uri")
+    step = 65_536
+    for start in range(0, table.num_rows, step):
+        chunk_ids = ids.slice(start, step).to_pylist()
+        chunk_uris = uris.slice(start, step).to_pylist()
+        for i, (image_id, uri) in enumerate(zip(chunk_ids, chunk_uris, strict=True), start):
+            problem = row_problem(image_id, uri, allowed)
+            if problem:
+                total += 1
+                if len(problems) < limit:
+                    problems.append(f"row {i} ({image_id!r}): {problem}")
+    if total > len(problems):
+        problems.append(f"... and {total - len(problems)} more problems")
+    return problems
