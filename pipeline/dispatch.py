@@ -285,7 +285,7 @@ class Dispatch:
         if unit.shard is None or self.storage is None:
             return False
         with contextlib.suppress(StylizeError, ValueError, TypeError, AttributeError):
-            marker = self.storage.read_if_exists(layout.attempt_key(unit.shard))
+            marker = self.storage.read_if_exists(layout.attempt_key(unit.shard, self.plan.generation))
             return marker is not None and bool(json.loads(marker).get("suspect"))
         return False
 
