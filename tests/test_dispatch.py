@@ -109,7 +109,9 @@ def test_a_run_whose_actor_hangs_fails_after_stall_timeout_naming_the_shard(tmp_
     assert "rerun" in message
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     # the lease was released: a rerun (here one that does not hang) takes the output and finishes
-    assert runner.run(config.model_copy(update={"stylizer": "test-invert", "stall_timeout": 600}))["ok"] == 4
+    # (another stylizer changes pixels, so the rerun says rerun=all: pipeline.plan refuses it otherwise)
+    rerun = config.model_copy(update={"stylizer": "test-invert", "stall_timeout": 600, "rerun": "all"})
+    assert runner.run(rerun)["ok"] == 4
 
 
 class FakeMetric:
