@@ -110,7 +110,13 @@ def test_layouts_are_the_views_they_claim() -> None:
     assert channels_last(x).is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("name", [card.name for card in list_models()])
+def _shipped() -> list:
+    """The package's own stylizers: test doubles that other test modules register (a stylizer that hangs on
+    purpose, say) join the registry during collection and are not what these tests are about."""
+    return [card for card in list_models() if card.stylizer.__module__.startswith("pipeline.")]
+
+
+@pytest.mark.parametrize("name", [card.name for card in _shipped()])
 def test_every_stylizer_takes_any_layout(name: str, weights: dict[str, Callable[[], dict]]) -> None:
     model = _build(name, weights)
     content = smooth_image(0, H, W)
@@ -126,7 +132,7 @@ def test_every_stylizer_takes_any_layout(name: str, weights: dict[str, Callable[
         assert direct.shape == expected.shape and direct.is_contiguous(), label
 
 
-@pytest.mark.parametrize("name", [card.name for card in list_models() if card.stylizer.per_sample_styles])
+@pytest.mark.parametrize("name", [card.name for card in _shipped() if card.stylizer.per_sample_styles])
 def test_forward_each_gives_each_image_what_it_gets_alone(name: str, weights: dict[str, Callable[[], dict]]) -> None:
     """A mixed-style batch (dataset generation) equals one call per image with its own styles."""
     model = _build(name, weights)
