@@ -294,9 +294,11 @@ def run_segment(
         }
     except StorageError as exc:
         if stage != "read" or isinstance(exc, MachineError):
-            # not the segment's fault: no marker, and this attempt is not counted as a crash
+            # not the segment's fault: no marker, and this attempt is not counted as a crash; the claim goes,
+            # so the retry (segment_task skips a freshly claimed segment) runs it at once
             with contextlib.suppress(StorageError):
                 storage.put(attempt_key, json.dumps({"attempt": crashes}).encode())
+                storage.delete(claim_key)
             raise
         marker = {"image_id": image_id, "error": describe(exc), "error_kind": type(exc).__name__, "failed_stage": stage}
     except Exception as exc:  # noqa: BLE001 - the joining shard fails the video's row with this reason

@@ -104,14 +104,15 @@ _register(DiesOnceStylizer)
 
 
 class HangsStylizer(InvertStylizer):
-    """``test-invert`` whose model call never returns (a hung driver or device): the run's stall_timeout ends it."""
+    """``test-invert`` whose model call hangs (a hung driver or device) for two minutes, far past the tests'
+    stall_timeout; bounded, so a test that calls it in-process by mistake fails slowly instead of never."""
 
     name = "test-hangs"
 
     def transfer(self, content: Tensor, styles: list[Style], *, alpha: float, masks: Tensor | None) -> Tensor:
         import time
 
-        time.sleep(3600)
+        time.sleep(120)
         return super().transfer(content, styles, alpha=alpha, masks=masks)
 
 
