@@ -114,29 +114,26 @@ def count_failures(rows: pa.Table) -> list[Kind]:
     """Failed rows grouped by their recorded ``error_kind`` and ``failed_stage`` ("kind in stage"), most
     frequent first, with the first example of each. Rows written before kinds were recorded group as
     "not recorded"."""
-    kinds: dict[str, Kind] = {}
-    columns = ("image_id", "error", "error_kind", "failed_stage")
-    for image_id, error, kind, stage in zip(*(rows.column(c).to_pylist() for c in columns), strict=True):
-        label = f"{kind} in {stage}" if kind and stage else kind or "not recorded"
-        entry = kinds.get(label)
-        if entry is None:
-            kinds[label] = Kind(label, 1, image_id or "", error or "")
-        else:
-            entry.count += 1
-    return sorted(kinds.values(), key=lambda k: (-k.count, k.kind))
+    kinds, stages = rows.column("error_kind").to_pylist(), rows.column("failed_stage").to_pylist()
+    labels = [f"{k} in {s}" if k and s else k or "not recorded" for k, s in zip(kinds, stages, strict=True)]
+    return _tally(labels, rows.column("image_id").to_pylist(), rows.column("error").to_pylist())
 
 
 def count_notes(rows: pa.Table) -> list[Kind]:
     """Rows grouped by the ``message_kind`` of their note, most frequent first, with the first example of each."""
-    kinds: dict[str, Kind] = {}
+    notes = rows.column("note").to_pylist()
     cache: dict[str | None, str] = {}
-    for image_id, note in zip(rows.column("image_id").to_pylist(), rows.column("note").to_pylist(), strict=True):
-        kind = cache.get(note)
-        if kind is None:
-            kind = cache[note] = message_kind(note)
-        entry = kinds.get(kind)
+    labels = [cache[n] if n in cache else cache.setdefault(n, message_kind(n)) for n in notes]
+    return _tally(labels, rows.column("image_id").to_pylist(), notes)
+
+
+def _tally(labels: list[str], ids: list[str | None], messages: list[str | None]) -> list[Kind]:
+    """Rows counted by label, most frequent first, each with its first row's id and message as the example."""
+    kinds: dict[str, Kind] = {}
+    for label, image_id, message in zip(labels, ids, messages, strict=True):
+        entry = kinds.get(label)
         if entry is None:
-            kinds[kind] = Kind(kind, 1, image_id or "", note or "")
+            kinds[label] = Kind(label, 1, image_id or "", message or "")
         else:
             entry.count += 1
     return sorted(kinds.values(), key=lambda k: (-k.count, k.kind))
