@@ -16,6 +16,7 @@ marker then makes the retry go one image at a time (see ``pipeline.shard``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -130,10 +131,20 @@ def _is_local() -> bool:
     return len(ray.nodes()) == 1 and not os.environ.get("RAY_ADDRESS")
 
 
-def run(config: JobConfig, *, progress: Progress | None = None, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the job under the output's lease; returns the ``_SUCCESS`` summary."""
+def run(
+    config: JobConfig,
+    *,
+    progress: Progress | None = None,
+    address: str | None = None,
+    held: lease.Lease | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the job under the output's lease; returns the ``_SUCCESS`` summary. ``held``: a lease
+    the caller already holds on this output (``stylize nightly`` holds it while it rebuilds the manifest too)."""
     start = time.perf_counter()
-    with lease.held(open_storage(config), config.lease_seconds, wait=config.wait_for_lease) as held:
+    with contextlib.ExitStack() as stack:
+        if held is None:
+            own = lease.held(open_storage(config), config.lease_seconds, wait=config.wait_for_lease)
+            held = stack.enter_context(own)
         storage, plan = plan_job(config)
         done = plan.rows - plan.pending_rows()
         state = {"total": plan.rows, "done": done, "start_done": done, "failed": 0, "processed": 0, "rate": 0.0}

@@ -104,6 +104,30 @@ def test_two_nights_over_a_growing_folder_stylize_only_what_changed(tmp_path: Pa
     assert "nightly" not in third.output  # refused before any progress bar
 
 
+def test_a_second_night_while_the_first_runs_stops_before_touching_its_manifest(tmp_path: Path) -> None:
+    """The lease is held from the manifest's rebuild on: an overlapping night (a cron tick that fires again)
+    stops with one line and leaves the running night's manifest as it is; a dry run needs no lease."""
+    from pipeline import lease
+    from pipeline.errors import LeaseError
+    from pipeline.storage import Storage
+
+    src, out = tmp_path / "photos", tmp_path / "out"
+    for i in range(3):
+        write_photo(src / f"p{i}.png", seed=i)
+    night = ["nightly", str(src), "--output", str(out), "--stylizer", "test-invert", "--style", "2"]
+    night += ["--set", "format=png", "--set", "metrics=false"]
+    running = out / "_manifest" / "manifest.parquet"
+    running.parent.mkdir(parents=True)
+    running.write_bytes(b"the first night's manifest")
+    with lease.held(Storage(str(out)), 60):  # the first night, still running
+        second = CliRunner().invoke(app, night)
+        dry = CliRunner().invoke(app, [*night, "--dry-run"])
+    assert isinstance(second.exception, LeaseError) and "\n" not in str(second.exception), second.output
+    assert running.read_bytes() == b"the first night's manifest"
+    assert dry.exit_code == 0 and "3 new" in dry.output, dry.output
+    assert running.read_bytes() == b"the first night's manifest"
+
+
 def test_rerun_failed_then_all_then_prune(tmp_path: Path) -> None:
     paths = write_inputs(tmp_path / "in", {f"q{i}": encode(photo((10, 8), seed=i)) for i in range(5)})
     rows = [*paths.items(), ("late", str(tmp_path / "in" / "late.png"))]  # not there yet: a failed row

@@ -32,7 +32,7 @@ def _config(path: Path | None, overrides: list[str] | None, **flags: Any) -> Any
     return load_config(str(path) if path else None, list(overrides or []), **{k: v for k, v in flags.items() if v})
 
 
-def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any]:
+def run_with_progress(config: Any, *, label: str = "stylizing", held: Any = None) -> dict[str, Any]:
     """``runner.run`` under one progress bar (images, failed, images/s, ETA) on stderr.
 
     Ray's own output goes to its session log files (``raysession``); anything Ray still writes to this
@@ -64,7 +64,7 @@ def run_with_progress(config: Any, *, label: str = "stylizing") -> dict[str, Any
 
     with _output_to_log(config):
         try:
-            return runner.run(config, progress=update)
+            return runner.run(config, progress=update, held=held)
         finally:
             if bar.live.is_started:
                 bar.stop()
