@@ -43,6 +43,17 @@ class JobConfig(BaseModel):
         None, description="Manifest of style images; each content image gets one, sampled with style_seed."
     )
     style_seed: int = Field(0, ge=0, description="Seed of the per-image style sampling (style_manifest).")
+    styles_per_image: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Distinct styles per photo from style_manifest (K): each (photo, k) is one output and one row.",
+    )
+    style_split: str | None = Field(
+        None,
+        description="Only the styles of this split of style_manifest (its `split` column, else a seeded hash split "
+        "of the style URIs, `train` or `val`), so two datasets' style pools stay disjoint.",
+    )
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="Style strength: 0 = content, 1 = full style.")
     preserve_color: Literal["none", "luminance", "histogram"] = Field(
         "none", description="Keep the content's colours: luminance-only transfer or histogram matching."
@@ -58,6 +69,18 @@ class JobConfig(BaseModel):
     encoder_weights: str = Field("auto", description="VGG encoder weight source for models that need one.")
     weights: str | None = Field(None, description="Model checkpoint path/URI (None: the model's default).")
     format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Output image format.")
+    output_format: Literal["files", "webdataset", "parquet"] = Field(
+        "files",
+        description="How outputs are stored: files (the source tree mirrored under images/), webdataset (a tar "
+        "per shard) or parquet (image bytes and fields, a file per shard); `format` is the image encoding.",
+    )
+    resize_shorter: int | None = Field(
+        None, ge=8, le=32768, description="Resize so the shorter side is this many pixels (training sets: 256)."
+    )
+    center_crop: int | None = Field(
+        None, ge=8, le=32768, description="Then crop the centre square of this side (training sets: 224)."
+    )
+
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
     png_level: int = Field(1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is smallest (PNG only).")
     batch_size: int = Field(4, ge=1, le=1024, description="Images per model call on one actor.")
