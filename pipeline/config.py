@@ -47,12 +47,13 @@ class JobConfig(BaseModel):
         1,
         ge=1,
         le=64,
-        description="Distinct styles per photo from style_manifest (K): each (photo, k) is one output and one row.",
+        description="Distinct styles per photo from style_manifest (K): each (photo, k) is one output and one "
+        "metrics row (k = 0..K-1); a video row is stylized once (k = 0).",
     )
     style_split: str | None = Field(
         None,
-        description="Only the styles of this split of style_manifest (its `split` column, else a seeded hash split "
-        "of the style URIs, `train` or `val`), so two datasets' style pools stay disjoint.",
+        description="Only the styles of this split of style_manifest: its `split` column, else a fixed hash split "
+        "of the style URIs (`val`: about 10 %, `train`: the rest), so two datasets' style pools stay disjoint.",
     )
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="Style strength: 0 = content, 1 = full style.")
     preserve_color: Literal["none", "luminance", "histogram"] = Field(
@@ -75,10 +76,18 @@ class JobConfig(BaseModel):
         "per shard) or parquet (image bytes and fields, a file per shard); `format` is the image encoding.",
     )
     resize_shorter: int | None = Field(
-        None, ge=8, le=32768, description="Resize so the shorter side is this many pixels (training sets: 256)."
+        None,
+        ge=8,
+        le=32768,
+        description="Resize so the shorter side is this many pixels, as torchvision's Resize(N) "
+        "(training sets: 256); before max_side.",
     )
     center_crop: int | None = Field(
-        None, ge=8, le=32768, description="Then crop the centre square of this side (training sets: 224)."
+        None,
+        ge=8,
+        le=32768,
+        description="Then crop the centre square of this side, as torchvision's CenterCrop(M) (training "
+        "sets: 224); a photo smaller than it fails its row (no padding).",
     )
 
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
@@ -235,6 +244,15 @@ class JobConfig(BaseModel):
     def _cross_checks(self) -> JobConfig:
         if self.style_column and self.style_manifest:
             raise ValueError("style_column and style_manifest are exclusive; choose one per-image style source")
+        if self.styles_per_image > 1 and not self.style_manifest:
+            raise ValueError("styles_per_image > 1 samples distinct styles from style_manifest; set style_manifest")
+        if self.style_split and not self.style_manifest:
+            raise ValueError("style_split picks part of style_manifest; set style_manifest")
+        if self.center_crop and self.resize_shorter and self.center_crop > self.resize_shorter:
+            raise ValueError(
+                f"center_crop ({self.center_crop}) is larger than resize_shorter ({self.resize_shorter}): "
+                "the crop would not fit"
+            )
         if bool(self.mask_column) != bool(self.mask_style):
             raise ValueError("mask_column and mask_style go together: the mask says where mask_style applies")
         if self.min_actors and self.actors and self.min_actors > self.actors:

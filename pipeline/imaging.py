@@ -1,4 +1,4 @@
-"""Pixel operations: the package's one resize, max-side fit, mask resize, luma and YCbCr.
+"""Pixel operations: the package's one resize, max-side fit, training crops, mask resize, luma and YCbCr.
 
 A leaf: tensors (or uint8 arrays) in, the same out; torch and numpy only, nothing of ours imported, so the
 byte codec, the model controls, the upsampler, metrics and training can all use it without import circles.
@@ -79,8 +79,47 @@ def fit(array: np.ndarray, max_side: int | None) -> np.ndarray:
     they feed the model the same pixels."""
     if not max_side or max(array.shape[:2]) <= max_side:
         return array
+    return _resize_array(array, max_side_size(tuple(array.shape[:2]), max_side))
+
+
+def _resize_array(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H,W,3) uint8 -> (h,w,3) uint8 through ``resize``, rounded as the codec rounds outputs."""
     if not array.flags.writeable:  # torch warns on read-only arrays
         array = array.copy()
     x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
-    small = resize_max_side(x, max_side)[0]
+    small = resize(x, size)[0]
     return small.clamp(0, 1).mul(255).add(0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(H, W) with the shorter side brought to ``shorter`` and the longer one truncated, as torchvision's
+    ``Resize(int)`` computes it (``int(shorter * long / short)``), so the sizes match a torchvision pipeline."""
+    h, w = size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(shorter * long / short)
+    return (new_long, shorter) if w <= h else (shorter, new_long)
+
+
+def center_crop_box(size: tuple[int, int], crop: int) -> tuple[int, int]:
+    """(top, left) of the centre ``crop`` x ``crop`` square of an (H, W) image, rounded as torchvision's
+    ``CenterCrop`` rounds (Python's ``round``: halves to even)."""
+    h, w = size
+    return int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+
+
+def training_crop(array: np.ndarray, resize_shorter: int | None, center_crop: int | None) -> np.ndarray:
+    """(H,W,3) uint8 -> ``Resize(resize_shorter)`` then ``CenterCrop(center_crop)``, torchvision's sizes
+    and offsets with the one filter (``resize``; pixels differ from PIL's by rounding only). A photo smaller
+    than the crop raises ``ValueError``: torchvision would pad it with black, which a training set should
+    not learn from."""
+    if resize_shorter:
+        size = shorter_side_size(tuple(array.shape[:2]), resize_shorter)
+        if size != tuple(array.shape[:2]):
+            array = _resize_array(array, size)
+    if center_crop:
+        h, w = array.shape[:2]
+        if min(h, w) < center_crop:
+            raise ValueError(f"photo is {w}x{h} px, smaller than center_crop={center_crop} (no padding)")
+        top, left = center_crop_box((h, w), center_crop)
+        array = array[top : top + center_crop, left : left + center_crop]
+    return array

@@ -86,22 +86,24 @@ class EarlierResults:
                 self._tables.popitem(last=False)
         return self._tables[key]
 
-    def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """``{image_id: earlier metrics row}`` for those of ``ids`` the earlier generation holds."""
+    def lookup(self, ids: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+        """``{(image_id, k): earlier metrics row}`` for those of ``ids`` the earlier generations hold: one row
+        per (photo, k) of ``styles_per_image`` (rows written before ``k`` existed are k = 0)."""
         present = [i for i in ids if i]
         if not present or not self.files:
             return {}
         lo, hi = min(present), max(present)
         wanted = pa.array(present, pa.string())
-        found: dict[str, dict[str, Any] | None] = {}
+        found: dict[tuple[str, int], dict[str, Any] | None] = {}
         for generation, key, first, last in self._id_ranges():
             if first is not None and last is not None and (last < lo or first > hi):
                 continue
             table = self._table(key)
             for row in table.filter(pc.is_in(table.column("image_id"), value_set=wanted)).to_pylist():
                 image_id = row["image_id"]
-                if image_id not in found:  # the newest generation's row; None where a later run touched it
-                    found[image_id] = row if self.touched.get(image_id, -1) <= generation else None
+                pair = (image_id, int(row.get("k") or 0))
+                if pair not in found:  # the newest generation's row; None where a later run touched it
+                    found[pair] = row if self.touched.get(image_id, -1) <= generation else None
         return {k: v for k, v in found.items() if v is not None}
 
 
@@ -208,7 +210,9 @@ def diff_counts(
     rerun: str,
 ) -> dict[str, int]:
     """new, changed, unchanged, deleted rows of ``manifest`` against the earlier generations' files, and how
-    many rows a run would stylize (``to_process``). Only sorts of 64-bit hashes and searches of one sorted
+    many rows a run would stylize (``to_process``). Rows are photos (manifest rows): with ``styles_per_image``
+    K the earlier files hold K rows an id, counted once (ids are deduplicated; a photo is to be processed when
+    any of its pairs is). Only sorts of 64-bit hashes and searches of one sorted
     array in another: no gather in random order, which is what costs at 10M rows."""
     files = _earlier_dataset(storage, earlier_keys)
     earlier_rows = files.count_rows() if earlier_keys else 0
@@ -251,17 +255,24 @@ def _collect(batches: Iterator[tuple[np.ndarray, ...]], parts: int, part: int) -
 # --- prune ----------------------------------------------------------------------------------------
 
 
-def prune_outputs(storage: Storage, current_keys: list[str], fmt: str) -> int:
+def prune_outputs(storage: Storage, current_keys: list[str], fmt: str, styles_per_image: int = 1) -> int:
     """Delete outputs (``images/``, ``videos/``) that no ok row of the current generation names; returns
-    how many. Compared as 64-bit hashes of the keys, sorted."""
+    how many. Compared as 64-bit hashes of the keys, sorted. With ``styles_per_image`` K > 1 a photo's
+    outputs are named by (id, k)."""
     wanted_parts = []
     for key in current_keys:
         with storage.open(key) as f:
-            table = pq.read_table(f, columns=["image_id", "status", "media_type"])
+            pf = pq.ParquetFile(f)
+            columns = ["image_id", "status", "media_type", *(["k"] if "k" in pf.schema_arrow.names else [])]
+            table = pf.read(columns=columns)
         ok = table.filter(pc.equal(table.column("status"), "ok"))
         ids, media = ok.column("image_id").to_pylist(), ok.column("media_type").to_pylist()
+        ks: list[Any] = ok.column("k").to_pylist() if "k" in columns else [0] * len(ids)
+        if styles_per_image <= 1:
+            ks = [None] * len(ids)  # K = 1: names without k
         keys = [
-            layout.video_key(i) if m == "video" else layout.output_key(i, fmt) for i, m in zip(ids, media, strict=True)
+            layout.video_key(i) if m == "video" else layout.output_key(i, fmt, k=None if k is None else int(k))
+            for i, m, k in zip(ids, media, ks, strict=True)
         ]
         wanted_parts.append(hash64(pa.array(keys, pa.string())))  # one shard's keys at a time
     wanted = np.sort(np.concatenate(wanted_parts)) if wanted_parts else np.zeros(0, np.uint64)

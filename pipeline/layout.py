@@ -1,7 +1,7 @@
 """The keys of a job's output: what the runner writes and the report, CLI and tools read.
 
 ```
-OUTPUT/images/<image_id>.<ext>        one per ok row, derived from the image id only
+OUTPUT/images/<image_id>[-<k>].<ext>  one per ok row, derived from the image id (and k when K > 1) only
 OUTPUT/metrics/shard-NNNNN.parquet    one per shard of generation 0: its rows' metrics; the shard's commit marker
 OUTPUT/metrics/shard-gGGGG-NNNNN.parquet  the same for generation G >= 1 (a rerun over a changed manifest)
 OUTPUT/_attempts/shard-[gGGGG-]NNNNN.json  while a shard runs: its attempt count (gone after a clean run)
@@ -59,10 +59,12 @@ def attempt_key(shard: int, generation: int = 0) -> str:
     return f"{ATTEMPTS_PREFIX}/{_shard_name(shard, generation)}.json"
 
 
-def output_key(image_id: str, fmt: str) -> str:
-    """``images/<safe id>.<ext>``: derived from the image id only, so reruns overwrite, never duplicate."""
+def output_key(image_id: str, fmt: str, *, k: int | None = None) -> str:
+    """``images/<safe id>.<ext>``: derived from the image id only, so reruns overwrite, never duplicate.
+    ``k`` (which of a photo's K styles; None when K = 1) goes before the extension: ``<id>-<k>.<ext>``."""
     ext = EXTENSIONS.get(str(fmt).lower(), str(fmt).lower())
-    return safe_key(IMAGES_PREFIX, f"{image_id}.{ext}")
+    suffix = f"-{int(k)}" if k is not None else ""
+    return safe_key(IMAGES_PREFIX, f"{image_id}{suffix}.{ext}")
 
 
 def video_key(image_id: str) -> str:

@@ -1,6 +1,7 @@
 """Per-image metric rows, optional quality metrics, and the run summary.
 
-Every manifest row becomes exactly one metrics row (``status`` ok or failed). Quality metrics
+Every manifest row becomes exactly one metrics row (``status`` ok or failed), K rows with
+``styles_per_image`` K (one per (photo, k)). Quality metrics
 are measured with the shared VGG (``pipeline.models.vgg``) on copies brought to a fixed small working
 size (longer side ``QUALITY_SIDE`` px, with the one max-side resize) on the actor's device, a whole
 batch per VGG pass and each style's Gram matrices once, so a 40-megapixel photo costs the same as a
@@ -56,6 +57,10 @@ METRICS_SCHEMA = pa.schema(
         ("out_height", pa.int64()),
         ("stylizer", pa.string()),
         ("style", pa.string()),
+        # stylized training sets: which of the photo's K styles (0 when K = 1), its class name and index
+        ("k", pa.int64()),
+        ("label", pa.string()),
+        ("label_index", pa.int64()),
         ("note", pa.string()),
         ("seconds_decode", pa.float64()),
         ("seconds_stylize", pa.float64()),
@@ -246,6 +251,7 @@ def shard_summary(rows: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any
             kinds[kind] = kinds.get(kind, 0) + 1
     out: dict[str, Any] = {
         "rows": len(rows),
+        "photos": sum(not r.get("k") for r in rows),  # manifest rows: a photo's K rows count once (k = 0)
         "ok": sum(r.get("status") == "ok" for r in rows),
         "failed": sum(r.get("status") != "ok" for r in rows),
         "failures_by_kind": kinds,
@@ -303,7 +309,8 @@ def summarize(
 ) -> dict[str, Any]:
     """The ``_SUCCESS`` document from the shard summaries: counts over all rows, this run's throughput."""
     summary: dict[str, Any] = {
-        "rows": sum(int(s["rows"]) for s in shards),
+        "rows": sum(int(s["rows"]) for s in shards),  # (photo, k) pairs with styles_per_image K > 1
+        "photos": sum(int(s.get("photos", s["rows"])) for s in shards),
         "ok": sum(int(s["ok"]) for s in shards),
         "failed": sum(int(s["failed"]) for s in shards),
         "failures_by_kind": failures_by_kind(shards),

@@ -146,8 +146,9 @@ def run(
             own = lease.held(open_storage(config), config.lease_seconds, wait=config.wait_for_lease)
             held = stack.enter_context(own)
         storage, plan = plan_job(config)
-        done = plan.rows - plan.pending_rows()
-        state = {"total": plan.rows, "done": done, "start_done": done, "failed": 0, "processed": 0, "rate": 0.0}
+        per = config.styles_per_image  # progress counts (photo, k) pairs, as the shards report them
+        done = (plan.rows - plan.pending_rows()) * per
+        state = {"total": plan.rows * per, "done": done, "start_done": done, "failed": 0, "processed": 0, "rate": 0.0}
         finished = storage.read_if_exists(layout.SUCCESS_KEY) if not plan.pending else None
         if finished is not None and int(json.loads(finished).get("generation", 0)) == plan.generation:
             return json.loads(finished)
@@ -192,9 +193,10 @@ def finish(
         if shard not in done:
             done[shard] = metrics.read_shard_summary(storage, committed[shard])
     summaries = [done[s] for s in range(plan.shards)]
-    rows = sum(int(s["rows"]) for s in summaries)
-    if rows != plan.rows:
-        raise JobError(f"metrics hold {rows} rows for a manifest of {plan.rows}")
+    # a photo's K rows (styles_per_image) count once; summaries written before "photos" existed hold one row a photo
+    photos = sum(int(s.get("photos", s["rows"])) for s in summaries)
+    if photos != plan.rows:
+        raise JobError(f"metrics hold {photos} photos for a manifest of {plan.rows}")
     counts = {k: sum(int(s.get(k, s["rows"] if k == "new" else 0)) for s in summaries) for k in ("new", "changed")}
     counts["unchanged"] = sum(int(s.get("unchanged", 0)) for s in summaries)
     counts["deleted"] = dry_run_counts(config, storage, plan)["deleted"]  # before the earlier files go
@@ -212,7 +214,9 @@ def finish(
         if parsed is not None and parsed[0] != plan.generation:
             storage.delete(key)
     storage.prune(layout.ATTEMPTS_PREFIX)
-    pruned = incremental.prune_outputs(storage, sorted(committed.values()), config.format) if config.prune else 0
+    pruned = 0
+    if config.prune:
+        pruned = incremental.prune_outputs(storage, sorted(committed.values()), config.format, config.styles_per_image)
     summary = metrics.summarize(
         summaries,
         config=config.public_dict(),

@@ -49,9 +49,9 @@ from pipeline.config import JobConfig
 from pipeline.crashes import crash_limit
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError, MachineError, StorageError, StylizeError, describe
-from pipeline.imaging import fit, resize, resize_masks
+from pipeline.imaging import fit, resize, resize_masks, training_crop
 from pipeline.manifest.hashing import source_tags
-from pipeline.manifest.schema import TAG_COLUMNS
+from pipeline.manifest.schema import LABEL_COLUMN, TAG_COLUMNS
 from pipeline.media.video import is_video
 from pipeline.metrics import QualityScorer, Stage, shard_file, shard_summary
 from pipeline.models.base import Style
@@ -59,7 +59,7 @@ from pipeline.models.controls import stylize
 from pipeline.models.engines import load_stylizer
 from pipeline.raysession import import_plugins
 from pipeline.storage import Storage, read_source
-from pipeline.styles import assign_styles, parse_style_spec
+from pipeline.styles import assign_style_sets, parse_style_spec
 from pipeline.temporal import FrameStylizer
 from pipeline.video_render import frame_stylizer
 
@@ -86,6 +86,8 @@ class Item:
     output: Future[str] | None = field(default=None, repr=False)
     kept: bool = False  # its earlier generation's row is copied forward; nothing to do
     kind: str = "new"  # against the earlier generation: new, changed or unchanged (pipeline.incremental)
+    # the photo's other (photo, k) items this one decodes for (styles_per_image): one decode, shared pixels
+    siblings: list[Item] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -103,7 +105,17 @@ class Item:
 
 
 def start_row(
-    image_id: str, uri: str, shard: int, row: int, style: str, stylizer: str, source_tag: str | None = None
+    image_id: str,
+    uri: str,
+    shard: int,
+    row: int,
+    style: str,
+    stylizer: str,
+    source_tag: str | None = None,
+    *,
+    k: int = 0,
+    label: str | None = None,
+    label_index: int | None = None,
 ) -> Row:
     return {
         "image_id": image_id,
@@ -112,6 +124,9 @@ def start_row(
         "shard": shard,
         "row": row,
         "style": style,
+        "k": k,  # which of the photo's styles_per_image styles (0 when K = 1)
+        "label": label,  # the manifest's label column, and its index in the sorted class names
+        "label_index": label_index,
         "stylizer": stylizer,
         "status": "ok",
         "error": "",
@@ -153,6 +168,7 @@ class ShardWorker:
         self._styles: OrderedDict[str, list[Style]] = OrderedDict()
         self._manifest: Any = None  # the open manifest (its footer read once per actor)
         self._group: tuple[int, pa.Table] | None = None  # the last manifest row group read
+        self._classes: dict[str, int] | None = None  # label -> index, from the manifest's footer
         self.mixes_styles = bool(getattr(self.model, "per_sample_styles", False))
         self.calls = 0
         self.images_in_calls = 0
@@ -171,7 +187,7 @@ class ShardWorker:
     def read_rows(self, start: int, count: int) -> pa.Table:
         """Rows ``start .. start+count`` of the manifest, only the columns this job reads."""
         pf = self._open_manifest()  # its columns were checked when the job was planned
-        columns = self._columns() + [c for c in TAG_COLUMNS if c in pf.schema_arrow.names]
+        columns = self._columns() + [c for c in (*TAG_COLUMNS, LABEL_COLUMN) if c in pf.schema_arrow.names]
         pieces, first = [], 0
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -189,6 +205,19 @@ class ShardWorker:
         if self._manifest is None:
             self._manifest = open_manifest(self.config.manifest, self.config.storage_options or None)
         return self._manifest
+
+    def classes(self) -> dict[str, int]:
+        """``{label: index}`` of the manifest's class names (read once per actor; empty without labels)."""
+        if self._classes is None:
+            from pipeline.manifest import class_names
+
+            self._classes = {name: i for i, name in enumerate(class_names(self._open_manifest()) or [])}
+        return self._classes
+
+    def output_key(self, row: Row) -> str:
+        """The output key of a metrics row: its ``k`` in the name only when the job makes K > 1 per photo."""
+        k = int(row.get("k") or 0) if self.config.styles_per_image > 1 else None
+        return layout.output_key(row["image_id"], self.config.format, k=k)
 
     def _source(self, row: int) -> tuple[str, str, str]:
         """Manifest row ``row`` as (image_id, uri, style spec): what a video segment needs to run."""
@@ -241,32 +270,41 @@ class ShardWorker:
         return self._generation
 
     def _items(self, shard: int, start: int, count: int) -> list[Item]:
-        """The shard's rows as items; those kept from the earlier generation are marked ``kept``."""
+        """The shard's rows as items, K per photo (``styles_per_image``; a video is one), in row then k order;
+        the (photo, k) pairs kept from the earlier generation are marked ``kept``."""
         table = self.read_rows(start, count)
         ids = [str(v) if v is not None else "" for v in table.column("image_id").to_pylist()]
         uris = [str(v) if v is not None else "" for v in table.column("uri").to_pylist()]
         tags = source_tags(table).to_pylist()
         column = table.column(self.config.style_column).to_pylist() if self.config.style_column else None
-        specs = assign_styles(ids, self.config, column)
+        spec_sets = assign_style_sets(ids, self.config, column)
         masks = table.column(self.config.mask_column).to_pylist() if self.config.mask_column else [None] * len(ids)
+        labels = table.column(LABEL_COLUMN).to_pylist() if LABEL_COLUMN in table.column_names else [None] * len(ids)
+        classes = self.classes() if LABEL_COLUMN in table.column_names else {}
         rerun = str(self.generation().get("rerun", "new"))
         earlier = self._earlier.lookup(ids) if self._earlier is not None else {}
         items = []
-        for i, (image_id, uri, tag, spec, mask) in enumerate(zip(ids, uris, tags, specs, masks, strict=True)):
-            kind, kept = incremental.classify(earlier.get(image_id), uri, tag, rerun)
-            if kept:  # the earlier row, renumbered into this shard; its output stays as it is
-                row = {**earlier[image_id], "shard": shard, "row": start + i, "source_tag": tag}
-                item = Item(row, kept=True, kind=kind)
-            else:
-                item = Item(start_row(image_id, uri, shard, start + i, spec, self.config.stylizer, tag), kind=kind)
-                item.row["mask_uri"] = mask
-            items.append(item)
+        for i, (image_id, uri, tag, specs, mask) in enumerate(zip(ids, uris, tags, spec_sets, masks, strict=True)):
+            label = str(labels[i]) if labels[i] is not None else None
+            # the label is the manifest's, also on kept rows: relabelling a manifest needs no stylizing
+            named = {"label": label, "label_index": classes.get(label) if label is not None else None}
+            for k, spec in enumerate(specs[:1] if is_video(uri) else specs):
+                old = earlier.get((image_id, k))
+                kind, kept = incremental.classify(old, uri, tag, rerun)
+                if kept:  # the earlier row, renumbered into this shard; its output stays as it is
+                    row = {**old, "shard": shard, "row": start + i, "source_tag": tag, "k": k, **named}
+                    items.append(Item(row, kept=True, kind=kind))
+                    continue
+                row = start_row(image_id, uri, shard, start + i, spec, self.config.stylizer, tag, k=k, **named)
+                row["mask_uri"] = mask
+                items.append(Item(row, kind=kind))
         return items
 
     # --- stages --------------------------------------------------------------------------------
 
     def decode(self, item: Item) -> Item:
-        """Fetch and decode one row (in a pool thread); a bad input fails the row."""
+        """Fetch and decode one row (in a pool thread); a bad input fails the row. The photo's other (photo, k)
+        items (``item.siblings``) share the pixels, or the failure: a photo is read and decoded once."""
         from pipeline.manifest import row_problem
 
         t0 = time.perf_counter()
@@ -280,7 +318,11 @@ class ShardWorker:
             stage = "decode"
             decoded = decode_image(data)
             item.row.update(width=decoded.width, height=decoded.height, note=decoded.note or "")
-            pixels = torch.from_numpy(fit(decoded.array, self.config.max_side)).permute(2, 0, 1).unsqueeze(0)
+            try:
+                array = training_crop(decoded.array, self.config.resize_shorter, self.config.center_crop)
+            except ValueError as exc:  # smaller than center_crop: the photo's, told in one line
+                raise InputError(str(exc)) from None
+            pixels = torch.from_numpy(fit(array, self.config.max_side)).permute(2, 0, 1).unsqueeze(0)
             if mask_data is not None:
                 mask = to_tensor(decode_image(mask_data).array).mean(1, keepdim=True)
                 item.mask = resize_masks(mask, tuple(pixels.shape[-2:]))
@@ -289,7 +331,14 @@ class ShardWorker:
             raise  # credentials refused for the whole store: no photo's fault (pipeline.storage)
         except Exception as exc:  # noqa: BLE001 - a bad input is a failed row, never a failed job
             item.fail(exc, stage)
+            for other in item.siblings:
+                other.fail(exc, stage)
         item.row["seconds_decode"] = time.perf_counter() - t0
+        for other in item.siblings:
+            if other.ok:  # the same tensors: each call copies its own float batch from them
+                other.pixels, other.mask = item.pixels, item.mask
+                other.row.update(width=item.row["width"], height=item.row["height"], note=item.row["note"])
+            other.row["seconds_decode"] = 0.0  # the photo's one decode is counted on this item
         return item
 
     def _write(self, item: Item, array: Any) -> str:
@@ -297,7 +346,7 @@ class ShardWorker:
         key, raises ``StageError``; a storage error escapes as it is (not the photo's: see ``run``)."""
         t0 = time.perf_counter()
         try:
-            key = layout.output_key(item.row["image_id"], self.config.format)
+            key = self.output_key(item.row)
         except Exception as exc:  # noqa: BLE001
             raise StageError("write", exc) from exc
         try:
@@ -382,20 +431,22 @@ class ShardWorker:
 
     def _windows(self, items: list[Item]) -> Iterator[tuple[list[Item], bool]]:
         """``(window, last)``: decoded items in groups of at most ``8 * batch_size`` images or ``WINDOW_PIXELS``;
-        the pool decodes up to one group ahead while the caller stylizes this one."""
+        the pool decodes up to one group ahead while the caller stylizes this one. A photo's (photo, k) items
+        are decoded once, by the first of them (``decode``), and arrive in the same window."""
+        heads = _photos(items)
         limit = max(8 * self.config.batch_size, 16)
-        futures = [self.pool.submit(self.decode, it) for it in items[:limit]]
+        futures = [self.pool.submit(self.decode, it) for it in heads[:limit]]
         window: list[Item] = []
         pixels = 0
-        for n in range(len(items)):
+        for n in range(len(heads)):
             item = futures[n].result()
             futures[n] = None  # type: ignore[call-overload]  # drop the reference: memory follows the window
-            if n + limit < len(items):
-                futures.append(self.pool.submit(self.decode, items[n + limit]))
-            window.append(item)
+            if n + limit < len(heads):
+                futures.append(self.pool.submit(self.decode, heads[n + limit]))
+            window += [item, *item.siblings]
             pixels += item.pixels.shape[-1] * item.pixels.shape[-2] if item.pixels is not None else 0
-            if len(window) >= limit or pixels >= WINDOW_PIXELS or n == len(items) - 1:
-                yield window, n == len(items) - 1
+            if len(window) >= limit or pixels >= WINDOW_PIXELS or n == len(heads) - 1:
+                yield window, n == len(heads) - 1
                 window, pixels = [], 0
 
     def _report(self, shard: int, items: list[Item]) -> None:
@@ -423,7 +474,7 @@ class ShardWorker:
         """After a crash: one image at a time, each named in the marker before it is touched."""
         for item in items:
             with contextlib.suppress(StylizeError):  # the crash may have cut a write short
-                self.storage.remove_partial(layout.output_key(item.row["image_id"], self.config.format))
+                self.storage.remove_partial(self.output_key(item.row))
             if not self._suspect(item, marker):
                 continue
             self.decode(item)
@@ -443,7 +494,9 @@ class ShardWorker:
     def _suspect(self, item: Item, marker: dict[str, Any]) -> bool:
         """Name ``item`` in the shard's marker before it is touched (True), or fail it (False) once it has
         crashed the worker more than ``max_retries`` times."""
-        image_id = item.row["image_id"]
+        image_id = item.row["image_id"]  # with K styles a photo, (photo, k) is the unit that may crash
+        if self.config.styles_per_image > 1 and not is_video(item.row["source_uri"]):
+            image_id = f"{image_id}#{int(item.row.get('k') or 0)}"
         gave_up = crash_limit(marker.setdefault("crashes", {}).get(image_id, 0), self.config.max_retries)
         if gave_up is not None:
             item.fail(gave_up, "stylize")  # the crash struck somewhere in its one-image pass; stylize is likeliest
@@ -487,7 +540,7 @@ class ShardWorker:
         try:
             if marker is None:
                 # the ids whose outputs this attempt may write: a later generation must not keep older rows of them
-                first = {"attempt": 1, "ids": [it.row["image_id"] for it in todo]}
+                first = {"attempt": 1, "ids": list(dict.fromkeys(it.row["image_id"] for it in todo))}
                 self.storage.put(layout.attempt_key(shard, generation), json.dumps(first).encode())
                 self._process(photos)
                 for item in videos:
@@ -553,6 +606,18 @@ def _settle(item: Item) -> None:
         item.row["output_uri"] = item.output.result()
     except StageError as exc:
         item.fail(exc.cause, exc.stage)
+
+
+def _photos(items: list[Item]) -> list[Item]:
+    """The first item of each photo (consecutive items of one manifest row), its others as its siblings."""
+    heads: list[Item] = []
+    for item in items:
+        item.siblings = []
+        if heads and heads[-1].row["row"] == item.row["row"]:
+            heads[-1].siblings.append(item)
+        else:
+            heads.append(item)
+    return heads
 
 
 def _id_range(items: list[Item]) -> dict[str, str]:

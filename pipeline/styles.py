@@ -57,33 +57,103 @@ def assign_styles(
     column: Sequence[Any] | None = None,
 ) -> list[str]:
     """The style spec of each row: per-row ``column`` values, else one sampled from ``config.style_manifest``
-    (seeded per image id, so it depends on neither sharding nor reruns), else ``config.style``."""
+    (seeded per image id, so it depends on neither sharding nor reruns), else ``config.style``. With
+    ``styles_per_image`` K > 1 this is each photo's first style (k = 0): see ``assign_style_sets``."""
+    return [specs[0] for specs in assign_style_sets(image_ids, config, column, count=1)]
+
+
+def assign_style_sets(
+    image_ids: Sequence[str],
+    config: Any,
+    column: Sequence[Any] | None = None,
+    *,
+    count: int | None = None,
+) -> list[list[str]]:
+    """The K style specs of each row (K = ``count``, default ``config.styles_per_image``), k = 0 .. K-1.
+
+    From ``style_manifest``, the K styles of a photo are distinct and drawn from one stream seeded by
+    ``(style_seed, image_id)`` alone: draw k = 0 is the draw one style per photo always made (so K = 1 keeps
+    every earlier output's style), later draws skip styles the photo already has. The pool is the manifest's
+    ``style_split`` part (``style_pool``). Without a style manifest K is 1 (``JobConfig`` checks it)."""
+    count = int(count or getattr(config, "styles_per_image", 1) or 1)
     default = config.style
     if column is not None:
-        return [str(v) if v not in (None, "") else str(default) for v in column]
+        return [[str(v) if v not in (None, "") else str(default)] for v in column]
     if config.style_manifest:
         pool = style_pool(config.style_manifest, config)
-        out = []
-        for image_id in image_ids:
-            digest = hashlib.sha256(f"{config.style_seed}:{image_id}".encode()).digest()
-            out.append(pool[random.Random(digest).randrange(len(pool))])
-        return out
+        return [[pool[j] for j in _draws(config.style_seed, image_id, len(pool), count)] for image_id in image_ids]
     if not default:
         raise ConfigError("no style: set style, style_column or style_manifest")
-    return [str(default)] * len(image_ids)
+    return [[str(default)] for _ in image_ids]
 
 
-_POOLS: dict[tuple[str, str], list[str]] = {}
+def _draws(seed: int, image_id: str, size: int, count: int) -> list[int]:
+    """``count`` distinct indices below ``size`` from the photo's own seeded stream (rejection of repeats)."""
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    rng = random.Random(digest)
+    picks: list[int] = []
+    while len(picks) < min(count, size):
+        j = rng.randrange(size)
+        if j not in picks:
+            picks.append(j)
+    return picks
+
+
+# the hash split of a style pool without a `split` column: a fixed salt (not style_seed), so jobs with
+# different seeds still see the same two disjoint parts; VAL_FRACTION of the styles are `val`, the rest `train`
+SPLIT_SALT = "stylize-style-split-v1"
+VAL_FRACTION = 0.10
+HASH_SPLITS = ("train", "val")
+
+
+def hash_split(uri: str) -> str:
+    """``val`` for about ``VAL_FRACTION`` of style URIs (by a salted sha256 of the URI), else ``train``."""
+    digest = hashlib.sha256(f"{SPLIT_SALT}:{uri}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") < VAL_FRACTION * 2**64 else "train"
+
+
+_POOLS: dict[tuple[str, str, str | None], list[str]] = {}
 
 
 def style_pool(path: str, config: Any) -> list[str]:
-    """The specs a style manifest lists (read once per process)."""
-    from pipeline.manifest import read_uri_list
-
-    key = (path, repr(sorted((config.storage_options or {}).items())))
+    """The specs a style manifest lists (read once per process), only ``config.style_split``'s part when set:
+    the manifest's ``split`` column where it has one, else ``hash_split``. Fewer styles than
+    ``styles_per_image`` is a ``ConfigError``."""
+    split = getattr(config, "style_split", None)
+    key = (path, repr(sorted((config.storage_options or {}).items())), split)
     if key not in _POOLS:
-        pool = read_uri_list(path, config.storage_options or None, config.allowed_schemes)
-        if not pool:
+        uris, splits = _style_rows(path, config)
+        if not uris:
             raise ConfigError(f"style manifest {path} lists no styles")
-        _POOLS[key] = pool
-    return _POOLS[key]
+        if split:
+            if splits is None:
+                if split not in HASH_SPLITS:
+                    raise ConfigError(
+                        f"style_split {split!r}: {path} has no split column, so its styles split by hash into "
+                        f"{' and '.join(HASH_SPLITS)} only"
+                    )
+                splits = [hash_split(u) for u in uris]
+            known = sorted({str(s) for s in splits if s is not None})
+            uris = [u for u, s in zip(uris, splits, strict=True) if s == split]
+            if not uris:
+                raise ConfigError(f"style manifest {path} has no styles of split {split!r} (splits: {known})")
+        _POOLS[key] = uris
+    pool = _POOLS[key]
+    wanted = int(getattr(config, "styles_per_image", 1) or 1)
+    if len(pool) < wanted:
+        part = f" (split {split!r})" if split else ""
+        raise ConfigError(f"style manifest {path}{part} lists {len(pool)} styles, fewer than styles_per_image={wanted}")
+    return pool
+
+
+def _style_rows(path: str, config: Any) -> tuple[list[str], list[Any] | None]:
+    """The style URIs of ``path`` and, for a Parquet manifest with a ``split`` column, each one's split."""
+    from pipeline.manifest import read_manifest, read_uri_list
+
+    if str(path).endswith(".parquet"):
+        table = read_manifest(path, config.storage_options or None)
+        uris = table.column("uri").to_pylist()
+        splits = table.column("split").to_pylist() if "split" in table.column_names else None
+        keep = [i for i, u in enumerate(uris) if u]
+        return [str(uris[i]) for i in keep], ([splits[i] for i in keep] if splits is not None else None)
+    return read_uri_list(path, config.storage_options or None, config.allowed_schemes), None

@@ -54,13 +54,38 @@ def build(
     allow_scheme: Annotated[
         list[str] | None, typer.Option(help="Also allow this URI scheme (repeatable), e.g. https for trusted lists.")
     ] = None,
+    label_from: Annotated[
+        str | None,
+        typer.Option(
+            "--label-from",
+            help="Add a label column from each photo's folder: parent (its own folder, ImageFolder's "
+            "root/<class>/<photo>) or top (the first folder under SRC).",
+        ),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels", help="Add a label column from a CSV or Parquet table of image_id,label (ids not in it: null)."
+        ),
+    ] = None,
 ) -> None:
-    """Write a manifest: one row per image (image_id, uri, size_bytes, width, height, mtime, etag)."""
+    """Write a manifest: one row per image (image_id, uri, size_bytes, width, height, mtime, etag[, label])."""
     if (src is None) == (from_table is None):
         raise ConfigError("give either SRC (a folder or URI to list) or --from-table FILE, not both or neither")
+    if label_from and labels:
+        raise ConfigError("give --label-from or --labels, not both")
     allowed = _schemes(allow_scheme)
+    label_map = mf.read_labels(labels, allowed=allowed) if labels else None
     if from_table is not None:
-        stats = mf.from_table(from_table, out, uri_column=uri_column, id_column=id_column, allowed_schemes=allowed)
+        stats = mf.from_table(
+            from_table,
+            out,
+            uri_column=uri_column,
+            id_column=id_column,
+            allowed_schemes=allowed,
+            label_from=label_from,
+            labels=label_map,
+        )
     else:
         with Progress(
             SpinnerColumn(),
@@ -78,6 +103,8 @@ def build(
                 batch_rows=batch_rows,
                 allowed_schemes=allowed,
                 progress=lambda n: progress.update(task, completed=n),
+                label_from=label_from,
+                labels=label_map,
             )
         if stats.unreadable_dirs:
             _console.print(f"[yellow]warning:[/] {stats.unreadable_dirs} folder(s) could not be listed")
@@ -88,6 +115,9 @@ def build(
         + (f", size unknown {stats.unprobed}" if probe and from_table is None else "")
         + f") in {stats.seconds:.1f}s"
     )
+    if label_from or labels or stats.classes:
+        unlabeled = f", {stats.unlabeled} rows without a label" if stats.unlabeled else ""
+        typer.echo(f"labels: {stats.classes} classes{unlabeled}")
     for problem in stats.problems[:20]:
         _console.print(f"[yellow]problem:[/] {problem}", markup=True, highlight=False)
     if len(stats.problems) > 20:

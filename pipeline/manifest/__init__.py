@@ -15,6 +15,8 @@ Schema (``SCHEMA``; ``from_table`` keeps any extra columns after these)::
     frame_rate  string
     frames      int64     videos: frame count declared by the header
     has_audio   bool      videos: whether there is an audio stream
+    label       string    optional: the photo's class (``--label-from parent|top``, ``--labels FILE``); the
+                          footer lists the sorted class names once (``LABELS_KEY``, ``class_names``)
 
 The video columns were added later: manifests without them still work (their videos are then processed
 whole, never cut into segments). ``build_manifest`` also stores ``[row, frames]`` of every probed video
@@ -23,7 +25,8 @@ in the footer (``VIDEOS_KEY``), so planning can cut long videos into segments wi
 The package, one job a module: ``schema`` (columns, footer keys), ``ids`` (image ids), ``hashing``
 (fingerprints, 64-bit row hashes, source tags over Arrow arrays), ``footer`` (the footer and the
 atomic write), ``build`` (walk and probe a folder), ``tables`` (from another tool's table),
-``read`` (open, read, validate) and ``summary`` (``manifest inspect``). Callers import the names below.
+``labels`` (the ``label`` column), ``read`` (open, read, validate, class names) and ``summary``
+(``manifest inspect``). Callers import the names below.
 
 Bad rows do not fail a manifest: ``validate`` lists them and the runner marks each failed
 (``row_problem``). Missing columns are the only fatal problem.
@@ -33,7 +36,9 @@ from pipeline.manifest.build import build_manifest
 from pipeline.manifest.footer import manifest_metadata, write_table
 from pipeline.manifest.hashing import Fingerprint, hash64, source_tags
 from pipeline.manifest.ids import id_from_uri, make_image_id
+from pipeline.manifest.labels import read_labels
 from pipeline.manifest.read import (
+    class_names,
     duplicate_ids,
     open_manifest,
     read_manifest,
@@ -71,6 +76,7 @@ __all__ = [
     "Fingerprint",
     "ManifestStats",
     "build_manifest",
+    "class_names",
     "duplicate_ids",
     "from_table",
     "hash64",
@@ -79,6 +85,7 @@ __all__ = [
     "make_image_id",
     "manifest_metadata",
     "open_manifest",
+    "read_labels",
     "read_manifest",
     "read_uri_list",
     "row_problem",

@@ -22,10 +22,12 @@ import pyarrow.parquet as pq
 
 from pipeline.codec import probe
 from pipeline.errors import DecodeError, ManifestError, StorageError
-from pipeline.manifest.footer import FooterDigest, local_output
+from pipeline.manifest.footer import FooterDigest, labels_metadata, local_output
 from pipeline.manifest.hashing import hash64
 from pipeline.manifest.ids import make_image_id
+from pipeline.manifest.labels import Labeler
 from pipeline.manifest.schema import (
+    LABEL_COLUMN,
     MEDIA_EXTENSIONS,
     PROBE_BYTES,
     PROBE_RETRY_BYTES,
@@ -117,10 +119,14 @@ def build_manifest(
     storage_options: dict[str, Any] | None = None,
     probe_workers: int = 8,
     progress: Callable[[int], None] | None = None,
+    label_from: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> ManifestStats:
     """List ``src`` (folder or fsspec URI) recursively into a Parquet manifest at ``out``.
 
-    ``progress(listed)`` is called for every file listed. Raises ``ManifestError`` when the
+    ``progress(listed)`` is called for every file listed. ``label_from`` (``parent`` | ``top``) or
+    ``labels`` (``{image_id: label}``, ``labels.read_labels``) add a ``label`` column and the class names
+    to the footer (``pipeline.manifest.labels``). Raises ``ManifestError`` when the
     source is missing or holds no images; ``out`` is only written on success.
     """
     t0 = time.perf_counter()
@@ -144,6 +150,8 @@ def build_manifest(
         raise ManifestError(f"source folder not found: {src}{hint}")
     local = is_local(fs)
     stats = ManifestStats(out=out)
+    labeler = Labeler(label_from, labels)
+    schema = SCHEMA.append(pa.field(LABEL_COLUMN, pa.string())) if labeler.active else SCHEMA
     errors: list[OSError] = []
 
     videos: list[list[int]] = []  # [row, frames] for the footer
@@ -171,6 +179,7 @@ def build_manifest(
         stats.unprobed += sum(d is None for d in dims) if probe_size else 0
         stats.rows += len(batch)
         stats.total_bytes += sum(sizes)
+        extra = {LABEL_COLUMN: labeler(ids, rel)} if labeler.active else {}
         return pa.Table.from_pydict(
             {
                 "image_id": ids,
@@ -182,13 +191,14 @@ def build_manifest(
                 "etag": [_etag(info) for _, info in batch],
                 "media_type": kinds,
                 **{k: [c[k] if c else None for c in video_cols] for k in VIDEO_COLUMNS},
+                **extra,
             },
-            schema=SCHEMA,
+            schema=schema,
         )
 
     digest, seen = FooterDigest(), []
     with ThreadPoolExecutor(max_workers=max(1, probe_workers)) as pool, local_output(out, storage_options) as tmp:
-        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        with pq.ParquetWriter(tmp, schema) as writer:
             batch: list[tuple[str, dict]] = []
             for path, info in _walk_files(fs, root, errors):
                 stats.listed += 1
@@ -210,12 +220,15 @@ def build_manifest(
             if batch:
                 writer.write_table(_digested(to_table(batch), digest, seen))
             meta = digest.metadata(_unique(seen))
+            if labeler.active:
+                meta.update(labels_metadata(labeler.names))
             writer.add_key_value_metadata({**meta, VIDEOS_KEY: json.dumps(videos).encode()})
         if stats.rows == 0:
             raise ManifestError(
                 f"no images under {src}: listed {stats.listed} files, none with {', '.join(sorted(exts))}"
             )
     stats.unreadable_dirs = len(errors)
+    stats.unlabeled, stats.classes = (labeler.unlabeled, len(labeler.names)) if labeler.active else (0, 0)
     stats.seconds = time.perf_counter() - t0
     return stats
 

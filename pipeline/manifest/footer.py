@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.manifest.hashing import Fingerprint, source_tags
-from pipeline.manifest.schema import FINGERPRINT_KEY, SOURCES_KEY, UNIQUE_IDS_KEY
+from pipeline.manifest.schema import FINGERPRINT_KEY, LABEL_COLUMN, LABELS_KEY, SOURCES_KEY, UNIQUE_IDS_KEY
 from pipeline.storage import is_local, open_fs
 
 
@@ -40,12 +41,23 @@ class FooterDigest:
         return manifest_metadata(self.rows.hexdigest(), unique_ids, self.sources.hexdigest())
 
 
+def labels_metadata(names: Iterable[str]) -> dict[bytes, bytes]:
+    """The footer key of the class names: sorted, so a label's index is its position (torchvision's
+    ImageFolder numbers its classes so)."""
+    return {LABELS_KEY: json.dumps(sorted(set(names))).encode()}
+
+
 def write_table(table: pa.Table, path: str, *, row_group_size: int = 65_536) -> None:
-    """Write a manifest table with its fingerprint and duplicate check in the footer (what planning reads)."""
+    """Write a manifest table with its fingerprint and duplicate check in the footer (what planning reads),
+    and the class names where it has a ``label`` column."""
     digest = FooterDigest()
     digest.update(table)
     unique = pc.count_distinct(table.column("image_id"), mode="all").as_py() == table.num_rows
-    meta = {k.decode(): v.decode() for k, v in digest.metadata(unique).items()}
+    found = digest.metadata(unique)
+    if LABEL_COLUMN in table.column_names:
+        labels = pc.unique(pc.drop_null(table.column(LABEL_COLUMN))).to_pylist()
+        found.update(labels_metadata(str(v) for v in labels))
+    meta = {k.decode(): v.decode() for k, v in found.items()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     with pq.ParquetWriter(path, table.schema) as writer:
         writer.write_table(table, row_group_size=row_group_size)

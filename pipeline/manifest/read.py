@@ -1,8 +1,11 @@
-"""Reading and checking manifests: open (footer only), read, URI lists, per-row problems, duplicates."""
+"""Reading and checking manifests: open (footer only), read, class names, URI lists, per-row problems,
+duplicates."""
 
 from __future__ import annotations
 
+import csv
 import gzip
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import ManifestError, StorageError
-from pipeline.manifest.schema import REQUIRED_COLUMNS
+from pipeline.manifest.schema import LABEL_COLUMN, LABELS_KEY, REQUIRED_COLUMNS
 from pipeline.storage import ALLOWED_SCHEMES, key_problem, open_fs, schemes_of
 
 
@@ -24,6 +27,26 @@ def open_manifest(path: str, storage_options: dict[str, Any] | None = None) -> p
         raise ManifestError(f"manifest not found: {path}") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ManifestError(f"cannot read manifest {path}: {type(exc).__name__}: {exc}") from None
+
+
+def class_names(manifest: str | pq.ParquetFile, storage_options: dict[str, Any] | None = None) -> list[str] | None:
+    """The sorted class names of a manifest's ``label`` column (a label's index is its position, as
+    torchvision's ImageFolder numbers classes), or None when it has no labels. Read from the footer
+    (``LABELS_KEY``, written by ``manifest build`` and ``from_table``); a manifest written elsewhere with a
+    ``label`` column has them computed from that column (streamed)."""
+    pf = open_manifest(manifest, storage_options) if isinstance(manifest, str) else manifest
+    recorded = (pf.metadata.metadata or {}).get(LABELS_KEY)
+    if recorded is not None:
+        try:
+            return [str(name) for name in json.loads(recorded)]
+        except (ValueError, TypeError):
+            pass  # a damaged key: the column says the same
+    if LABEL_COLUMN not in pf.schema_arrow.names:
+        return None
+    names: set[str] = set()
+    for batch in pf.iter_batches(batch_size=65_536, columns=[LABEL_COLUMN]):
+        names.update(str(v) for v in pc.unique(pc.drop_null(batch.column(0))).to_pylist())
+    return sorted(names)
 
 
 def read_manifest(path: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
@@ -56,6 +79,37 @@ def read_uri_list(
     except StorageError as exc:
         raise ManifestError(f"cannot read {path}: {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def read_table_file(path: str, storage_options: dict | None, allowed: Iterable[str] = ALLOWED_SCHEMES) -> pa.Table:
+    """Another tool's table: Parquet, CSV/TSV (optionally .gz; every column read as text) or a .txt list of
+    URIs (one a line, as a ``uri`` column). Raises ``ManifestError``."""
+    import pyarrow.csv as pacsv
+
+    fs, fpath = open_fs(path, storage_options)
+    lower = fpath.lower().removesuffix(".gz")
+    try:
+        if lower.endswith((".csv", ".tsv")):
+            delimiter = "\t" if lower.endswith(".tsv") else ","
+            compression = "gzip" if fpath.lower().endswith(".gz") else None
+            with fs.open(fpath, "rt", encoding="utf-8", newline="", compression=compression) as f:
+                header = next(csv.reader(f, delimiter=delimiter), [])
+            with fs.open(fpath, "rb", compression=compression) as f:
+                # every column as text: ids like "0001" must not turn into integers
+                return pacsv.read_csv(
+                    f,
+                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                    convert_options=pacsv.ConvertOptions(
+                        strings_can_be_null=True, column_types=dict.fromkeys(header, pa.string())
+                    ),
+                )
+        if lower.endswith(".txt"):
+            return pa.table({"uri": pa.array(read_uri_list(path, storage_options, allowed), pa.string())})
+        return pq.read_table(fpath, filesystem=fs)
+    except FileNotFoundError:
+        raise ManifestError(f"table not found: {path}") from None
+    except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ManifestError(f"cannot read table {path}: {type(exc).__name__}: {exc}") from None
 
 
 def row_problem(image_id: object, uri: object, allowed_schemes: Iterable[str] = ALLOWED_SCHEMES) -> str | None:

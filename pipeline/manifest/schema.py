@@ -36,6 +36,9 @@ FINGERPRINT_KEY = b"stylize.fingerprint"  # sha256 over (image_id, uri) of every
 SOURCES_KEY = b"stylize.sources"  # sha256 over (image_id, source tag): changes when a photo is replaced
 VIDEOS_KEY = b"stylize.videos"  # JSON [[row, frames], ...] of the probed videos
 UNIQUE_IDS_KEY = b"stylize.unique_ids"  # "true" when manifest build checked that no image_id repeats
+LABELS_KEY = b"stylize.labels"  # JSON sorted class names of the `label` column: a label's index is its position
+LABEL_COLUMN = "label"  # optional: the photo's class name (manifest build --label-from / --labels)
+LABEL_SOURCES = ("parent", "top")  # --label-from: the photo's own folder, or the first folder under the root
 
 
 @dataclass
@@ -50,5 +53,7 @@ class ManifestStats:
     unprobed: int = 0
     renamed_ids: int = 0
     unreadable_dirs: int = 0
+    unlabeled: int = 0  # rows left without a label (--labels lacks their id, or no folder to name the class)
+    classes: int = 0  # distinct labels
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)

@@ -2,52 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from fsspec.core import split_protocol
 
 from pipeline.errors import ManifestError, StorageError
 from pipeline.manifest.footer import local_output, write_table
 from pipeline.manifest.ids import id_from_uri
-from pipeline.manifest.read import read_uri_list, validate
-from pipeline.manifest.schema import SCHEMA, ManifestStats
-from pipeline.storage import ALLOWED_SCHEMES, check_scheme, open_fs
-
-
-def _read_any_table(path: str, storage_options: dict | None, allowed: Iterable[str] = ALLOWED_SCHEMES) -> pa.Table:
-    """Parquet, CSV/TSV (optionally .gz) or a .txt list of URIs (one a line)."""
-    import pyarrow.csv as pacsv
-
-    fs, fpath = open_fs(path, storage_options)
-    lower = fpath.lower().removesuffix(".gz")
-    try:
-        if lower.endswith((".csv", ".tsv")):
-            delimiter = "\t" if lower.endswith(".tsv") else ","
-            compression = "gzip" if fpath.lower().endswith(".gz") else None
-            with fs.open(fpath, "rt", encoding="utf-8", newline="", compression=compression) as f:
-                header = next(csv.reader(f, delimiter=delimiter), [])
-            with fs.open(fpath, "rb", compression=compression) as f:
-                # every column as text: ids like "0001" must not turn into integers
-                return pacsv.read_csv(
-                    f,
-                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                    convert_options=pacsv.ConvertOptions(
-                        strings_can_be_null=True, column_types=dict.fromkeys(header, pa.string())
-                    ),
-                )
-        if lower.endswith(".txt"):
-            return pa.table({"uri": pa.array(read_uri_list(path, storage_options, allowed), pa.string())})
-        return pq.read_table(fpath, filesystem=fs)
-    except FileNotFoundError:
-        raise ManifestError(f"table not found: {path}") from None
-    except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ManifestError(f"cannot read table {path}: {type(exc).__name__}: {exc}") from None
+from pipeline.manifest.labels import Labeler
+from pipeline.manifest.read import read_table_file, validate
+from pipeline.manifest.schema import LABEL_COLUMN, SCHEMA, ManifestStats
+from pipeline.storage import ALLOWED_SCHEMES, check_scheme
 
 
 def _as_strings(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -62,8 +31,13 @@ def from_table(
     id_column: str | None = None,
     allowed_schemes: Iterable[str] = ALLOWED_SCHEMES,
     storage_options: dict[str, Any] | None = None,
+    label_from: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> ManifestStats:
     """A manifest from an existing table of URIs (Parquet, CSV/TSV, or .txt one URI a line).
+
+    A ``label`` column the table has is kept (as text: labels are class names); else ``label_from``
+    (the folders of each image id) or ``labels`` (``{image_id: label}``) make one (``labels.Labeler``).
 
     Ids come from ``id_column``, else an existing ``image_id`` column, else ``id_from_uri``.
     Given ids are kept verbatim (``validate`` reports unsafe ones per row). Extra columns are
@@ -76,7 +50,7 @@ def from_table(
         check_scheme(out, allowed)
     except StorageError as exc:
         raise ManifestError(str(exc)) from None
-    table = _read_any_table(path, storage_options, allowed)
+    table = read_table_file(path, storage_options, allowed)
     names = table.column_names
     if uri_column not in names:
         raise ManifestError(f"{path} has no column {uri_column!r}; columns: {', '.join(names)}")
@@ -115,13 +89,23 @@ def from_table(
         used.add(fld.name)
     arrays = [columns[f.name] for f in SCHEMA]
     extra = [n for n in names if n not in used]
-    result = pa.Table.from_arrays(
-        arrays + [table.column(n) for n in extra],
-        schema=pa.schema(list(SCHEMA) + [table.schema.field(n) for n in extra]),
-    )
+    extra_arrays = [table.column(n) for n in extra]
+    labeler = Labeler(label_from, labels)
+    if LABEL_COLUMN in extra:
+        if labeler.active:
+            raise ManifestError(f"{path} has a {LABEL_COLUMN!r} column already; drop --label-from/--labels")
+        at = extra.index(LABEL_COLUMN)
+        extra_arrays[at] = pc.cast(extra_arrays[at], pa.string())
+    elif labeler.active:
+        id_list = ids.to_pylist()
+        extra.append(LABEL_COLUMN)
+        extra_arrays.append(labeler(id_list, id_list))
+    fields = [pa.field(n, a.type) for n, a in zip(extra, extra_arrays, strict=True)]
+    result = pa.Table.from_arrays(arrays + extra_arrays, schema=pa.schema(list(SCHEMA) + fields))
     with local_output(out, storage_options) as tmp:
         write_table(result, tmp)
     sizes = result.column("size_bytes")
+    label_column = result.column(LABEL_COLUMN) if LABEL_COLUMN in result.column_names else None
     return ManifestStats(
         out=out,
         rows=result.num_rows,
@@ -130,4 +114,6 @@ def from_table(
         renamed_ids=renamed,
         seconds=time.perf_counter() - t0,
         problems=validate(result, allowed),
+        unlabeled=label_column.null_count if label_column is not None else 0,
+        classes=len(pc.unique(pc.drop_null(label_column))) if label_column is not None else 0,
     )
