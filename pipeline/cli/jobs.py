@@ -140,6 +140,7 @@ def _print_dry_run(cfg: Any) -> None:
         f"generation {plan.generation}: {counts['new']} new, {counts['changed']} changed, "
         f"{counts['unchanged']} unchanged, {counts['deleted']} deleted; {counts['to_process']} to stylize"
         + (f" (rerun={plan.rerun})" if plan.rerun != "new" else "")
+        + (f"; rows are photos, {cfg.styles_per_image} styles each" if cfg.styles_per_image > 1 else "")
     )
 
 
