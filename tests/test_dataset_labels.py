@@ -314,7 +314,7 @@ def test_a_killed_run_reruns_to_exactly_one_row_per_photo_and_k(tmp_path: Path) 
 # --- training crops -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [(37, 53), (53, 37), (301, 300), (257, 1000), (224, 224), (999, 256)])
+@pytest.mark.parametrize("size", [(37, 53), (53, 37), (301, 300), (257, 1000), (224, 224), (999, 256), (997, 256)])
 def test_resize_shorter_and_center_crop_match_torchvision(size: tuple[int, int]) -> None:
     from torchvision import transforms
 
@@ -350,3 +350,17 @@ def test_a_photo_smaller_than_the_crop_fails_its_row(tmp_path: Path) -> None:
     assert row["error_kind"] == "InputError" and "20x14 px, smaller than center_crop=16" in row["error"]
     big = job_config("m", tmp_path / "o2", resize_shorter=32, center_crop=24)
     assert (big.resize_shorter, big.center_crop) == (32, 24)
+
+
+def test_class_names_from_a_path_a_file_or_a_manifest_made_elsewhere(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    image_tree(root)
+    out = tmp_path / "m.parquet"
+    build_manifest(str(root), str(out), label_from="parent")
+    with open(out, "rb") as f:
+        assert class_names(out) == class_names(f) == sorted(CLASSES)
+    plain = tmp_path / "plain.parquet"  # no footer key: computed from the column
+    pq.write_table(pa.table({"image_id": ["a", "b", "c"], "uri": ["x", "y", "z"], "label": ["q", None, "p"]}), plain)
+    assert class_names(str(plain)) == ["p", "q"]
+    build_manifest(str(root), str(plain))
+    assert class_names(str(plain)) is None

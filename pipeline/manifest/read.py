@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,12 +30,16 @@ def open_manifest(path: str, storage_options: dict[str, Any] | None = None) -> p
         raise ManifestError(f"cannot read manifest {path}: {type(exc).__name__}: {exc}") from None
 
 
-def class_names(manifest: str | pq.ParquetFile, storage_options: dict[str, Any] | None = None) -> list[str] | None:
-    """The sorted class names of a manifest's ``label`` column (a label's index is its position, as
-    torchvision's ImageFolder numbers classes), or None when it has no labels. Read from the footer
+def class_names(manifest: str | os.PathLike | Any, storage_options: dict[str, Any] | None = None) -> list[str] | None:
+    """The sorted class names of a manifest's ``label`` column, or None when it has none; a label's index is
+    its position, as torchvision's ImageFolder numbers classes. ``manifest``: a path or URI, an open
+    ``ParquetFile`` or a binary file object. Read from the footer
     (``LABELS_KEY``, written by ``manifest build`` and ``from_table``); a manifest written elsewhere with a
     ``label`` column has them computed from that column (streamed)."""
-    pf = open_manifest(manifest, storage_options) if isinstance(manifest, str) else manifest
+    if isinstance(manifest, (str, os.PathLike)):
+        pf = open_manifest(str(manifest), storage_options)
+    else:  # an open ParquetFile, or a binary file object
+        pf = manifest if isinstance(manifest, pq.ParquetFile) else pq.ParquetFile(manifest)
     recorded = (pf.metadata.metadata or {}).get(LABELS_KEY)
     if recorded is not None:
         try:
