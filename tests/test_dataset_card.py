@@ -62,7 +62,9 @@ def test_the_card_counts_classes_and_styles_and_says_how_it_was_made(tmp_path: P
     assert pool_fingerprint(["3", "1", "2"]) == card["style_pool"]["fingerprint"]  # order does not matter
     assert card["stylizer"] == "test-invert" and card["weights"] == {"files": {}, "sha256": None}
     assert (card["alpha"], card["seeds"]) == (0.5, {"seed": 3, "style_seed": 7})
-    assert set(card["pixel_settings"]) == set(PIXEL_SETTINGS) and card["pixel_settings"]["output_format"] == output_format
+    assert (
+        set(card["pixel_settings"]) == set(PIXEL_SETTINGS) and card["pixel_settings"]["output_format"] == output_format
+    )
     assert card["styles_per_image"] == 1
     success = json.loads((out / layout.SUCCESS_KEY).read_text())
     assert success["output_format"] == output_format

@@ -359,9 +359,7 @@ def test_staged_in_object_storage_and_read_with_the_jobs_storage_options(
         assert model.encoder is not None and len(list((tmp_path / "node" / "remote").rglob("*.pth"))) == 3
 
 
-def test_parallel_fetches_on_one_node_download_once_and_print_the_licence(
-    server: SimpleNamespace, cache: Path
-) -> None:
+def test_parallel_fetches_on_one_node_download_once_and_print_the_licence(server: SimpleNamespace, cache: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from pipeline.models.fetch import fetch_file, published_files

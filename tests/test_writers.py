@@ -249,3 +249,14 @@ def test_keys_that_coincide_in_one_shard_both_get_their_ids_hash(tmp_path: Path)
     members = {image_id: layout.split_member(uri)[1] for (image_id, _), uri in named.items()}
     assert members["x/c"] == "x_c.png" and members["x/a.b"] != members["x/a_b"]
     assert all(members[i].startswith("x_a_b_") and members[i].count(".") == 1 for i in ("x/a.b", "x/a_b"))
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+def test_the_report_shows_thumbnails_read_from_shard_files(tmp_path: Path, output_format: str) -> None:
+    from pipeline.report import write_report
+
+    out = tmp_path / "out"
+    run_job(tmp_path, tree(tmp_path / "tree", per_class=1), out, output_format=output_format)
+    write_report(runner.open_storage(job_config("m", out)), worst=0)
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 6  # each sample's original and its output
