@@ -6,8 +6,8 @@ crops of scikit-image's photos as an ImageFolder tree (one class a source photo)
 job (``runner.run`` on an embedded Ray, as ``stylize run`` does; the default fast model, ``dumoulin``,
 with a pool of ``--pool`` styles sampled per photo, PNG, metrics off as a training set would be made) once
 per output format, in turn, ``--repeats`` times, each into a fresh output. Ray is started, and a small
-job run, before the clock. It prints samples/s per format (median) and its ratio to ``files``: small photos are where the
-per-image cost of a format shows. ``--styles-per-image`` above 1 needs ``styles_per_image`` in the
+job run, before the clock. It prints samples/s per format (median) and its ratio to ``files``: small
+photos are where the per-image cost of a format shows. ``--styles-per-image`` above 1 needs ``styles_per_image`` in the
 build (the metrics rows then have a ``k`` column); otherwise the job runs with one style a photo and
 says so.
 """
