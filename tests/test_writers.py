@@ -260,3 +260,33 @@ def test_the_report_shows_thumbnails_read_from_shard_files(tmp_path: Path, outpu
     write_report(runner.open_storage(job_config("m", out)), worst=0)
     page = (out / "report.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 6  # each sample's original and its output
+
+
+def test_the_careful_pass_after_a_crash_writes_the_shard_file_whole(tmp_path: Path) -> None:
+    rows = tree(tmp_path / "tree", per_class=2)
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    config = job_config(manifest, tmp_path / "out", output_format="parquet")
+    runner.plan_job(config)
+    storage = runner.open_storage(config)
+    storage.put(layout.attempt_key(0), json.dumps({"attempt": 1, "suspect": "cat/img1.jpg"}).encode())  # a crash
+    worker = ShardWorker(config)
+    try:
+        summary = worker.run(0, 0, len(rows))  # one image at a time, each named in the marker first
+    finally:
+        worker.close()
+    table = pq.read_table(tmp_path / "out" / "shards" / "shard-00000.parquet")
+    assert summary["ok"] == 6 and sorted(table.column("image_id").to_pylist()) == sorted(r[0] for r in rows)
+
+
+def test_a_new_generation_of_a_shard_file_output_holds_every_row_and_drops_the_old_files(tmp_path: Path) -> None:
+    rows = tree(tmp_path / "tree")
+    out = tmp_path / "out"
+    run_job(tmp_path, rows[:6], out, labels=False, output_format="webdataset", shard_rows=4)
+    assert files_under(out / "shards") == {"shard-00000.tar", "shard-00001.tar"}
+    metrics = run_job(tmp_path, rows, out, labels=False, output_format="webdataset", shard_rows=4)  # 3 photos more
+    success = json.loads((out / layout.SUCCESS_KEY).read_text())
+    assert success["generation"] == 1 and success["processed_this_run"] == 9  # nothing kept: files hold all rows
+    assert files_under(out / "shards") == {f"shard-g0001-{s:05d}.tar" for s in range(3)}
+    keys = [s["__key__"] for f in sorted((out / "shards").iterdir()) for s in read_webdataset(f)]
+    assert len(keys) == len(set(keys)) == 9
+    assert all("shard-g0001-" in r["output_uri"] for r in metrics)
