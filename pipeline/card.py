@@ -5,8 +5,8 @@ counts per class and per style, the style pool and its fingerprint (a sha256 of 
 URIs), the stylizer and its weights' sha256, alpha and every pixel-changing setting
 (``generations.pixel_settings``), the seeds, the output format, K, and how to load it (three lines
 per format). The driver writes it after the run (``runner.finish``) from the current metrics files,
-reading only the ``status``, ``style`` and ``label`` columns, one file at a time, as counts: it stays
-cheap on a run of millions of rows.
+reading only the ``status``, ``style`` and ``label`` columns, in batches, as counts: it stays cheap on a
+run of millions of rows.
 """
 
 from __future__ import annotations
@@ -14,46 +14,51 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
 from pipeline import generations, layout
 from pipeline.storage import Storage
 
 CARD_VERSION = 1
+_BATCH_ROWS = 65_536
+MERGE_EVERY = 32  # batches' counts kept before they are summed (memory: distinct values x this)
+
+
+_COUNTED = pa.schema([("status", pa.string()), ("style", pa.string()), ("label", pa.string())])
+
+
+def _merge(parts: list[pa.Table]) -> pa.Table:
+    """Counts of the same value summed: ``values``, ``counts`` (Arrow's group-by, not a Python dict)."""
+    summed = pa.concat_tables(parts).group_by("values").aggregate([("counts", "sum")])
+    return pa.table({"values": summed.column("values"), "counts": summed.column("counts_sum")})
 
 
 def count_rows(storage: Storage, keys: list[str]) -> dict[str, Any]:
-    """ok and failed rows, ok rows per style and per label (None: no row has a label), one metrics file at a
-    time (``pyarrow.compute.value_counts``: no Python object per row)."""
-    styles: Counter[str] = Counter()
-    labels: Counter[str] = Counter()
+    """ok and failed rows, ok rows per style and per label (None: no row has a label): the metrics files
+    read as one dataset, three columns, in threads and batches (files without a label column read as
+    nulls); each batch's ``value_counts`` are summed in Arrow, so only the distinct styles and labels
+    ever become Python objects."""
+    parts: dict[int, list[pa.Table]] = {1: [], 2: []}
     ok = failed = 0
-    labelled = False
-    for key in keys:
-        with storage.open(key) as f:
-            pf = pq.ParquetFile(f)
-            columns = [c for c in ("status", "style", "label") if c in pf.schema_arrow.names]
-            table = pf.read(columns=columns)
-        good = table.filter(pc.equal(pc.fill_null(table.column("status"), ""), "ok"))
+    paths = [f"{storage.root}/{key}" for key in keys]  # keys from storage.list: already checked
+    files = ds.dataset(paths, schema=_COUNTED, filesystem=storage.fs, format="parquet")
+    for batch in files.to_batches(batch_size=_BATCH_ROWS, use_threads=True) if keys else ():
+        good = batch.filter(pc.equal(pc.fill_null(batch.column(0), ""), "ok"))
         ok += good.num_rows
-        failed += table.num_rows - good.num_rows
-        for column, counter in (("style", styles), ("label", labels)):
-            if column not in columns:
-                continue
-            for pair in pc.value_counts(good.column(column)).to_pylist():
-                if pair["values"] is not None:
-                    counter[str(pair["values"])] += int(pair["counts"])
-                    labelled = labelled or column == "label"
-    return {
-        "ok": ok,
-        "failed": failed,
-        "styles": dict(sorted(styles.items())),
-        "labels": dict(sorted(labels.items())) if labelled else None,
-    }
+        failed += batch.num_rows - good.num_rows
+        for column, pending in parts.items():
+            counts = pc.value_counts(pc.drop_null(good.column(column)))
+            pending.append(pa.table({"values": counts.field("values"), "counts": counts.field("counts")}))
+            if len(pending) >= MERGE_EVERY:
+                parts[column] = [_merge(pending)]
+    styles, labels = (
+        dict(sorted(zip(*(_merge(p).to_pydict().values()), strict=True))) if p else {} for p in parts.values()
+    )
+    return {"ok": ok, "failed": failed, "styles": styles, "labels": labels or None}
 
 
 def pool_fingerprint(uris: list[str]) -> str:
