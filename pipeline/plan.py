@@ -77,27 +77,50 @@ def _stems(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.replace_substring_regex(ids, layout.SOURCE_EXTENSION, layout.STEM_REPLACEMENT)
 
 
+def _names(batch: pa.RecordBatch, kept: np.ndarray) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """(stems, output names without the encoding's extension, their 64-bit hashes) of a batch of ids: the
+    name is the stem, or the whole id where the stem is one of ``kept`` (sorted stem hashes)."""
+    ids = batch.column(0)
+    stems = _stems(ids)
+    stem_hashes = hash64(stems)
+    if not len(kept):
+        return stems, stems, stem_hashes
+    keep = np.isin(stem_hashes, kept)
+    return stems, pc.if_else(pa.array(keep), ids, stems), np.where(keep, hash64(ids), stem_hashes)
+
+
 def colliding_stems(path: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The stems two or more image ids share (``a.jpg``, ``a.png`` -> ``a``): their outputs under ``images/``
-    keep the source's extension (``layout.output_key``), so neither overwrites the other. One streamed pass
-    of 64-bit hashes of the stems, sorted; equal hashes confirmed on the strings of those rows only."""
+    """The stems whose ids must keep the source's extension under ``images/`` (``layout.output_key``) so
+    that no two outputs share a name: those two ids share (``a.jpg``, ``a.png`` -> ``a``), then, until no
+    name repeats, those whose stem is the whole name of a kept id (``a.jpg.jpg`` beside them). Each round
+    is one streamed pass of 64-bit hashes of the names, sorted, and equal hashes confirmed on the strings
+    of those rows only; a manifest without a shared stem costs the one pass."""
     pf = open_manifest(path, storage_options)
-    hashes = np.empty(pf.metadata.num_rows, dtype=np.uint64)
-    filled = 0
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id"], use_threads=True):
-        hashes[filled : filled + batch.num_rows] = hash64(_stems(batch.column(0)))
-        filled += batch.num_rows
-    hashes.sort()
-    candidates = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-    if not len(candidates):
-        return []
-    suspects = []
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id"], use_threads=True):
-        stems = _stems(batch.column(0))
-        suspects.append(stems.filter(pa.array(np.isin(hash64(stems), candidates))))
-    counts = pc.value_counts(pa.chunked_array(suspects, pa.string()))
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    return sorted(str(v) for v in repeated.to_pylist() if v is not None)
+    colliding: set[str] = set()
+    while True:
+        kept = np.sort(hash64(pa.array(sorted(colliding), pa.string())))
+        hashes = np.empty(pf.metadata.num_rows, dtype=np.uint64)
+        filled = 0
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id"], use_threads=True):
+            hashes[filled : filled + batch.num_rows] = _names(batch, kept)[2]
+            filled += batch.num_rows
+        hashes.sort()
+        candidates = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        if not len(candidates):
+            return sorted(colliding)
+        names, stems = [], []
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id"], use_threads=True):
+            batch_stems, batch_names, name_hashes = _names(batch, kept)
+            suspect = pa.array(np.isin(name_hashes, candidates))
+            names.append(batch_names.filter(suspect))
+            stems.append(batch_stems.filter(suspect))
+        table = pa.table({"name": pa.chunked_array(names, pa.string()), "stem": pa.chunked_array(stems, pa.string())})
+        counts = pc.value_counts(table.column("name"))
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+        clashing = table.filter(pc.is_in(table.column("name"), value_set=repeated)).column("stem").to_pylist()
+        if not clashing:  # 64-bit hashes equal, strings not: no name repeats
+            return sorted(colliding)
+        colliding.update(str(v) for v in clashing)
 
 
 def inspect_manifest(path: str, storage_options: dict[str, Any] | None = None) -> ManifestInfo:

@@ -110,6 +110,21 @@ def test_sources_whose_names_would_collide_are_told_apart(tmp_path: Path) -> Non
         np.testing.assert_array_equal(got, 255 - photo((12, 10), seed=seed))
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["a.jpg", "a.png", "a.jpg.jpg", "b.jpg"],  # a.jpg keeps its extension: a.jpg.jpg's stem is now taken
+        ["a.jpg", "a.png", "a.jpg.jpg", "a.jpg.png", "a.jpg.jpg.png", "b", "b.webp", "c.tif"],
+    ],
+)
+def test_no_two_ids_get_one_name_whatever_their_extensions(tmp_path: Path, ids: list[str]) -> None:
+    manifest = write_manifest(tmp_path / "m.parquet", [(i, f"/x/{i}") for i in ids])
+    collisions = set(colliding_stems(str(manifest)))
+    names = [layout.output_key(i, "png", keep_extension=layout.output_stem(i) in collisions) for i in ids]
+    assert len(set(names)) == len(ids)
+    assert names[-1] == layout.output_key(ids[-1], "png") != f"images/{ids[-1]}.png"  # its stem is its own: mirrored
+
+
 def test_a_plan_from_before_mirrored_names_keeps_the_old_names(tmp_path: Path) -> None:
     rows = tree(tmp_path / "tree", per_class=1)
     manifest = write_manifest(tmp_path / "m.parquet", rows)
