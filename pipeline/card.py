@@ -85,10 +85,10 @@ def class_names(config: Any, labels: dict[str, int] | None) -> list[str] | None:
     the manifest's footer's, else the labels the rows carry."""
     import pipeline.manifest as manifest
 
-    recorded = getattr(manifest, "class_names", None)  # helper A's: the footer's sorted names
-    names = None
-    if recorded is not None:
-        names = recorded(manifest.open_manifest(config.manifest, config.storage_options or None))
+    # helper A's pipeline.manifest.class_names (the footer's sorted names); once merged, call it directly:
+    # names = manifest.class_names(config.manifest, config.storage_options or None)
+    recorded = getattr(manifest, "class_names", None)
+    names = recorded(config.manifest, config.storage_options or None) if recorded is not None else None
     return list(names) if names else (sorted(labels) if labels else None)
 
 

@@ -85,7 +85,7 @@ def output_stem(image_id: str) -> str:
     return _SOURCE_EXTENSION.sub(STEM_REPLACEMENT, image_id)
 
 
-def output_key(image_id: str, fmt: str, k: int | None = None, *, keep_extension: bool = False) -> str:
+def output_key(image_id: str, fmt: str, *, k: int | None = None, keep_extension: bool = False) -> str:
     """``images/<id's stem>[-k].<ext>``: the source tree mirrored (``bird/img1.jpg`` -> ``images/bird/img1.png``,
     so ImageFolder reads the output), ``-k`` for the k-th style of a photo when there are several. Derived
     from the image id only, so reruns overwrite, never duplicate. ``keep_extension``: the source's extension

@@ -129,7 +129,7 @@ class FilesWriter(Writer):
 
     def key(self, image_id: str, ext: str, k: int | None) -> str:
         keep = self.collisions is None or layout.output_stem(image_id) in self.collisions
-        return layout.output_key(image_id, ext, k, keep_extension=keep)
+        return layout.output_key(image_id, ext, k=k, keep_extension=keep)
 
     def check(self, sample: Sample) -> None:
         self.key(sample.image_id, sample.ext, sample.k)
