@@ -241,7 +241,10 @@ class ParquetWriter(ShardFileWriter):
         schema = PARQUET_SCHEMA.with_metadata({"huggingface": json.dumps({"info": {"features": hf_features()}})})
         names: dict[SampleId, str] = {}
         pairs = list(keyed)
-        with pq.ParquetWriter(path, schema) as writer:
+        small = [name for name in schema.names if name != "image"]
+        # encoded images neither compress nor repeat: no codec, dictionary or statistics spent on their bytes
+        options = {"compression": "none", "use_dictionary": small, "write_statistics": small}
+        with pq.ParquetWriter(path, schema, **options) as writer:
             for start in range(0, max(len(pairs), 1), PARQUET_ROWS):
                 chunk = pairs[start : start + PARQUET_ROWS]
                 columns: dict[str, list[Any]] = {name: [] for name in schema.names}

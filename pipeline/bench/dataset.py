@@ -9,7 +9,7 @@ per output format, in turn, ``--repeats`` times, each into a fresh output. Ray i
 job run, before the clock. It prints samples/s per format (median) and its ratio to ``files``: small
 photos are where the per-image cost of a format shows. ``--styles-per-image`` above 1 needs ``styles_per_image`` in the
 build (the metrics rows then have a ``k`` column); otherwise the job runs with one style a photo and
-says so.
+says so. ``--writers-only`` times each writer alone on 1,024 incompressible 224 px PNGs (ms a sample).
 """
 
 from __future__ import annotations
@@ -66,6 +66,37 @@ def run_format(config: object) -> tuple[float, dict]:
     return time.perf_counter() - t0, summary
 
 
+def writers_only(workdir: Path, samples: int = 1024, side: int = 224, shard_rows: int = 256) -> dict[str, float]:
+    """Milliseconds a sample of each writer alone (``pipeline.writers``): ``samples`` distinct PNGs of noise
+    (incompressible, as photos' PNGs nearly are), put and finished in shards of ``shard_rows``, to local disk."""
+    import io
+
+    from pipeline import writers
+    from pipeline.storage import Storage
+
+    rng = np.random.default_rng(0)
+    data = []
+    for _ in range(samples):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+        data.append(buf.getvalue())
+    out: dict[str, float] = {}
+    for fmt in FORMATS:
+        root = workdir / f"writers-{fmt}"
+        shutil.rmtree(root, ignore_errors=True)
+        storage = Storage(str(root))
+        t0 = time.perf_counter()
+        for shard in range(0, samples, shard_rows):
+            writer = writers.open_writer(fmt, storage, shard // shard_rows, 0, set())
+            for i in range(shard, min(samples, shard + shard_rows)):
+                image_id = f"class/photo-{i:05d}.jpg"
+                writer.put(writers.Sample(image_id, None, "png", data[i], {"image_id": image_id, "k": 0}))
+            writer.finish()
+        out[fmt] = round((time.perf_counter() - t0) / samples * 1000, 3)
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=2000)
@@ -76,7 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/stylize-bench-dataset"))
+    parser.add_argument("--writers-only", action="store_true", help="time the writers alone (no model, no Ray)")
     args = parser.parse_args(argv)
+    if args.writers_only:
+        print(json.dumps({"side": args.side, "ms_per_sample": writers_only(args.workdir, side=args.side)}))
+        return
 
     from pipeline.config import JobConfig
     from pipeline.metrics import COLUMNS
