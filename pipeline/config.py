@@ -32,7 +32,7 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     manifest: str = Field(description="Parquet manifest (local path or s3://, gs:// URI); see `stylize manifest`.")
-    output: str = Field(description="Output root; images go to <output>/images/<image_id>.<format>.")
+    output: str = Field(description="Output root: images/ (the source tree mirrored) or shards/, metrics/, _SUCCESS.")
     stylizer: str = Field("dumoulin", description="Registered model name (`stylize models list`).")
     style: str = Field(
         "0",

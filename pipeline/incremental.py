@@ -255,29 +255,21 @@ def _collect(batches: Iterator[tuple[np.ndarray, ...]], parts: int, part: int) -
 # --- prune ----------------------------------------------------------------------------------------
 
 
-def prune_outputs(storage: Storage, current_keys: list[str], fmt: str, styles_per_image: int = 1) -> int:
-    """Delete outputs (``images/``, ``videos/``) that no ok row of the current generation names; returns
-    how many. Compared as 64-bit hashes of the keys, sorted. With ``styles_per_image`` K > 1 a photo's
-    outputs are named by (id, k)."""
+def prune_outputs(storage: Storage, current_keys: list[str]) -> int:
+    """Delete outputs (``images/``, ``videos/``, ``shards/``) that no ok row of the current generation names;
+    returns how many. Each row's ``output_uri`` says where its output is (a kept row's may have an older
+    name: outputs were once named ``<id>.<ext>``); a sample in a shard file names the file. Compared as
+    64-bit hashes of the keys, sorted."""
     wanted_parts = []
     for key in current_keys:
         with storage.open(key) as f:
-            pf = pq.ParquetFile(f)
-            columns = ["image_id", "status", "media_type", *(["k"] if "k" in pf.schema_arrow.names else [])]
-            table = pf.read(columns=columns)
-        ok = table.filter(pc.equal(table.column("status"), "ok"))
-        ids, media = ok.column("image_id").to_pylist(), ok.column("media_type").to_pylist()
-        ks: list[Any] = ok.column("k").to_pylist() if "k" in columns else [0] * len(ids)
-        if styles_per_image <= 1:
-            ks = [None] * len(ids)  # K = 1: names without k
-        keys = [
-            layout.video_key(i) if m == "video" else layout.output_key(i, fmt, k=None if k is None else int(k))
-            for i, m, k in zip(ids, media, ks, strict=True)
-        ]
-        wanted_parts.append(hash64(pa.array(keys, pa.string())))  # one shard's keys at a time
+            table = pq.read_table(f, columns=["status", "output_uri"])
+        uris = table.filter(pc.equal(table.column("status"), "ok")).column("output_uri").to_pylist()
+        keys = {layout.relative_key(storage.root_uri, layout.split_member(u)[0]) for u in uris if u}
+        wanted_parts.append(hash64(pa.array(sorted(keys), pa.string())))  # one shard's keys at a time
     wanted = np.sort(np.concatenate(wanted_parts)) if wanted_parts else np.zeros(0, np.uint64)
     deleted = 0
-    for prefix in (layout.IMAGES_PREFIX + "/", layout.VIDEOS_PREFIX + "/"):
+    for prefix in (layout.IMAGES_PREFIX + "/", layout.VIDEOS_PREFIX + "/", layout.SHARDS_PREFIX + "/"):
         found = storage.list(prefix)
         if not found:
             continue

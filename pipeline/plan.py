@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import generations, layout, segments
@@ -69,6 +70,57 @@ def _duplicates(pf: pq.ParquetFile, path: str, hashes: np.ndarray) -> None:
     shown = [f"{k!r} ({n} rows)" for k, n in sorted(dupes.items())[:3]]
     more = f" (+{len(dupes) - 3} more duplicate ids)" if len(dupes) > 3 else ""
     raise ManifestError(f"{path}: duplicate image_id " + "; ".join(shown) + more)
+
+
+def _stems(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Image ids without their source extension (``layout.output_stem``, in Arrow)."""
+    return pc.replace_substring_regex(ids, layout.SOURCE_EXTENSION, layout.STEM_REPLACEMENT)
+
+
+def _names(batch: pa.RecordBatch, kept: np.ndarray) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """(stems, output names without the encoding's extension, their 64-bit hashes) of a batch of ids: the
+    name is the stem, or the whole id where the stem is one of ``kept`` (sorted stem hashes)."""
+    ids = batch.column(0)
+    stems = _stems(ids)
+    stem_hashes = hash64(stems)
+    if not len(kept):
+        return stems, stems, stem_hashes
+    keep = np.isin(stem_hashes, kept)
+    return stems, pc.if_else(pa.array(keep), ids, stems), np.where(keep, hash64(ids), stem_hashes)
+
+
+def colliding_stems(path: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The stems whose ids must keep the source's extension under ``images/`` (``layout.output_key``) so
+    that no two outputs share a name: those two ids share (``a.jpg``, ``a.png`` -> ``a``), then, until no
+    name repeats, those whose stem is the whole name of a kept id (``a.jpg.jpg`` beside them). Each round
+    is one streamed pass of 64-bit hashes of the names, sorted, and equal hashes confirmed on the strings
+    of those rows only; a manifest without a shared stem costs the one pass."""
+    pf = open_manifest(path, storage_options)
+    colliding: set[str] = set()
+    while True:
+        kept = np.sort(hash64(pa.array(sorted(colliding), pa.string())))
+        hashes = np.empty(pf.metadata.num_rows, dtype=np.uint64)
+        filled = 0
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id"], use_threads=True):
+            hashes[filled : filled + batch.num_rows] = _names(batch, kept)[2]
+            filled += batch.num_rows
+        hashes.sort()
+        candidates = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        if not len(candidates):
+            return sorted(colliding)
+        names, stems = [], []
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["image_id"], use_threads=True):
+            batch_stems, batch_names, name_hashes = _names(batch, kept)
+            suspect = pa.array(np.isin(name_hashes, candidates))
+            names.append(batch_names.filter(suspect))
+            stems.append(batch_stems.filter(suspect))
+        table = pa.table({"name": pa.chunked_array(names, pa.string()), "stem": pa.chunked_array(stems, pa.string())})
+        counts = pc.value_counts(table.column("name"))
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+        clashing = table.filter(pc.is_in(table.column("name"), value_set=repeated)).column("stem").to_pylist()
+        if not clashing:  # 64-bit hashes equal, strings not: no name repeats
+            return sorted(colliding)
+        colliding.update(str(v) for v in clashing)
 
 
 def inspect_manifest(path: str, storage_options: dict[str, Any] | None = None) -> ManifestInfo:
@@ -124,6 +176,8 @@ class Plan:
     sources: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     rerun: str = "new"
+    # output_format files: the stems two ids share (colliding_stems); None: planned before names were mirrored
+    collisions: list[str] | None = None
 
     @property
     def pending_segments(self) -> list[Segment]:
@@ -165,6 +219,7 @@ class Plan:
             "bases": self.bases,
             "rerun": self.rerun,
             "settings": self.settings,
+            **({"collisions": self.collisions} if self.collisions is not None else {}),
         }
 
 
@@ -194,9 +249,14 @@ def make_plan(
     segment_frames: int = 0,
     settings: dict[str, Any] | None = None,
     rerun: str = "new",
+    mirrored: bool = False,
+    keep_earlier: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> Plan:
     """This output's plan: the recorded generation resumed, or a new generation (a changed manifest, or
-    ``rerun=failed|all`` after a finished run) cut and recorded. ``write=False`` (a dry run) records nothing."""
+    ``rerun=failed|all`` after a finished run) cut and recorded. ``write=False`` (a dry run) records nothing.
+    ``mirrored`` (output_format files): a plan it records lists the colliding stems of the manifest.
+    ``keep_earlier=False`` (shard files): a new generation keeps nothing, so each shard file holds all its rows."""
     settings = settings or {}
     recorded = _recorded(storage, layout.PLAN_KEY)
     rows = max(1, int(shard_rows or DEFAULT_SHARD_ROWS))
@@ -219,17 +279,21 @@ def make_plan(
         if same_manifest and not changed and (finished is None or not redo):
             return _resume(storage, recorded, info, listing)
         plan.generation = generation + 1
-        if not changed:  # results made under other pixel settings are never kept (rerun=all starts over)
+        if (
+            not changed and keep_earlier
+        ):  # results made under other pixel settings are never kept (rerun=all starts over)
             plan.bases = [generation] + ([] if finished else [int(g) for g in recorded.get("bases", [])])
         if plan.bases:  # segments are keyed by manifest row, which moves: changed long videos go whole
             plan.segment_frames = 0
         if write:
+            plan.collisions = colliding_stems(info.path, storage_options) if mirrored else None
             storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
             storage.delete(layout.SUCCESS_KEY)  # the output is incomplete until this generation finishes
             for key in storage.list(layout.SEGMENTS_PREFIX + "/"):  # an earlier generation's, by its rows
                 storage.delete(key)
         return plan
     if write:
+        plan.collisions = colliding_stems(info.path, storage_options) if mirrored else None
         storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
     plan.done = {s for s in listing.get(0, {}) if s < plan.shards}
     if plan.segment_frames and plan.videos:
@@ -263,6 +327,7 @@ def _resume(storage: Storage, recorded: dict[str, Any], info: ManifestInfo, list
         sources=info.sources,
         settings=recorded.get("settings") or {},
         rerun=str(recorded.get("rerun", "new")),
+        collisions=recorded.get("collisions"),
     )
     plan.done = {s for s in listing.get(generation, {}) if s < plan.shards}
     if plan.segment_frames and plan.videos:

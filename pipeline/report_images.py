@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import layout
 from pipeline.storage import ALLOWED_SCHEMES, read_source
+from pipeline.writers import read_output
 
 THUMB_SIDE = 160
 THUMB_MAX_PIXELS = 64_000_000  # above this a thumbnail is not worth the decode; a placeholder is shown
@@ -87,7 +87,7 @@ def read_thumbs(storage: Any, shown: list[Shown], allowed: list[str] | None, opt
 
     def output(s: Shown) -> str:
         try:
-            return thumbnail(storage.get(layout.relative_key(storage.root_uri, s.row["output_uri"] or "")))
+            return thumbnail(read_output(storage, s.row["output_uri"] or ""))  # a file, or a shard file's member
         except Exception:  # noqa: BLE001
             return ""
 

@@ -52,6 +52,9 @@ def plan_job(config: JobConfig, *, write: bool = True) -> tuple[Storage, Plan]:
         segment_frames=config.segment_frames,
         settings=generations.pixel_settings(config),
         rerun=config.rerun,
+        mirrored=config.output_format == "files",
+        keep_earlier=config.output_format == "files",  # a shard file holds all its rows: nothing kept
+        storage_options=config.storage_options or None,
     )
     return storage, plan
 
@@ -205,6 +208,10 @@ def finish(
         if generation != plan.generation:
             for key in files.values():
                 storage.delete(key)
+    for key in storage.list(layout.SHARDS_PREFIX + "/"):  # shard files: each generation's hold all its rows
+        parsed = layout.parse_shard_key(key, layout.CONTAINER_FILE)
+        if parsed is not None and parsed[0] != plan.generation:
+            storage.delete(key)
     incremental.write_index(storage, plan.generation, committed, summaries)
     for key in storage.list(layout.GENERATIONS_PREFIX + "/"):
         if key != layout.index_key(plan.generation):
@@ -214,9 +221,7 @@ def finish(
         if parsed is not None and parsed[0] != plan.generation:
             storage.delete(key)
     storage.prune(layout.ATTEMPTS_PREFIX)
-    pruned = 0
-    if config.prune:
-        pruned = incremental.prune_outputs(storage, sorted(committed.values()), config.format, config.styles_per_image)
+    pruned = incremental.prune_outputs(storage, sorted(committed.values())) if config.prune else 0
     summary = metrics.summarize(
         summaries,
         config=config.public_dict(),
@@ -229,7 +234,31 @@ def finish(
             "generation": plan.generation,
             **counts,
             "pruned": pruned,
+            "output_format": config.output_format,
+            "shard_files": plan.shards if config.output_format != "files" else 0,
         },
     )
+    write_dataset_card(config, storage, plan, sorted(committed.values()))
     storage.put(layout.SUCCESS_KEY, metrics.summary_bytes(summary))
     return summary
+
+
+def write_dataset_card(config: JobConfig, storage: Storage, plan: Plan, metrics_keys: list[str]) -> None:
+    """``dataset.json`` and ``README.md`` (``pipeline.card``), just before ``_SUCCESS``."""
+    from pipeline import card
+    from pipeline.errors import StylizeError
+    from pipeline.models.fetch import combined_sha256, weights_digests
+
+    digests: dict[str, str] = {}
+    with contextlib.suppress(StylizeError, OSError):  # provenance: a missing digest is recorded as null
+        digests = weights_digests(config.stylizer, config.weights, config.storage_options or None)
+    document = card.build_card(
+        config,
+        storage,
+        metrics_keys,
+        generation=plan.generation,
+        shards=plan.shards,
+        weights=digests,
+        weights_sha256=combined_sha256(digests),
+    )
+    card.write_card(storage, document)

@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from pipeline import generations, incremental, layout, video_job
+from pipeline import generations, incremental, layout, video_job, writers
 from pipeline.batching import Call, plan_calls
 from pipeline.codec import decode_image, encode_image, to_array, to_arrays, to_tensor
 from pipeline.config import JobConfig
@@ -175,6 +175,8 @@ class ShardWorker:
         self.progress = (-1, 0, 0)  # (shard, rows done, rows failed) of the shard running now
         self.videos = video_job.VideoShard(config, self.storage, self._frames, self._open_manifest, self._source)
         self._generation: dict[str, Any] | None = None  # this run's _plan.json (generation, bases, rerun)
+        self._writer: writers.Writer = writers.FilesWriter(self.storage, None)  # the running shard's (run)
+        self._weights_sha256: tuple[str | None] | None = None
         self._earlier: incremental.EarlierResults | None = None
         self.generation()  # read while the actor starts, not inside its first (possibly racing) task
 
@@ -213,11 +215,6 @@ class ShardWorker:
 
             self._classes = {name: i for i, name in enumerate(class_names(self._open_manifest()) or [])}
         return self._classes
-
-    def output_key(self, row: Row) -> str:
-        """The output key of a metrics row: its ``k`` in the name only when the job makes K > 1 per photo."""
-        k = int(row.get("k") or 0) if self.config.styles_per_image > 1 else None
-        return layout.output_key(row["image_id"], self.config.format, k=k)
 
     def _source(self, row: int) -> tuple[str, str, str]:
         """Manifest row ``row`` as (image_id, uri, style spec): what a video segment needs to run."""
@@ -341,21 +338,46 @@ class ShardWorker:
             other.row["seconds_decode"] = 0.0  # the photo's one decode is counted on this item
         return item
 
+    def weights_sha256(self) -> str | None:
+        """The sha256 of the loaded model's weight files (``models.fetch.weights_digests``; None without a
+        file), recorded with every sample of a dataset. Known once per actor."""
+        if self._weights_sha256 is None:
+            from pipeline.models.fetch import combined_sha256, weights_digests
+
+            digest = None
+            with contextlib.suppress(StylizeError, OSError):  # provenance, never a reason to fail a photo
+                config = self.config
+                digest = combined_sha256(
+                    weights_digests(config.stylizer, config.weights, config.storage_options or None)
+                )
+            self._weights_sha256 = (digest,)
+        return self._weights_sha256[0]
+
+    def _sample_k(self, row: Row) -> int | None:
+        """The row's style number in output names: None when each photo has one style (no ``-k``)."""
+        return int(row.get("k") or 0) if self.config.styles_per_image > 1 else None
+
     def _write(self, item: Item, array: Any) -> str:
-        """Encode and store one output (in a pool thread). A photo the encoder refuses, or whose id makes no
-        key, raises ``StageError``; a storage error escapes as it is (not the photo's: see ``run``)."""
+        """Encode one output and hand it to the shard's writer (in a pool thread). A photo the encoder refuses,
+        or whose id makes no key, raises ``StageError``; a storage error escapes as it is (not the photo's: see
+        ``run``). Returns its URI, or "" where the shard file names it at the end (``writers``)."""
         t0 = time.perf_counter()
+        row = item.row
+        ext = layout.extension(self.config.format)
+        sample = writers.Sample(row["image_id"], self._sample_k(row), ext, b"")
         try:
-            key = self.output_key(item.row)
+            self._writer.check(sample)
         except Exception as exc:  # noqa: BLE001
             raise StageError("write", exc) from exc
         try:
-            data = encode_image(array, self.config.format, self.config.quality, self.config.png_level)
+            sample.data = encode_image(array, self.config.format, self.config.quality, self.config.png_level)
         except Exception as exc:  # noqa: BLE001
             raise StageError("encode", exc) from exc
-        uri = self.storage.put(key, data)
-        item.row["seconds_encode"] = time.perf_counter() - t0
-        item.row["finished_at"] = time.time()
+        if self.config.output_format != "files":
+            sample.fields = writers.sample_fields(row, self.config, self.weights_sha256())
+        uri = self._writer.put(sample)
+        row["seconds_encode"] = time.perf_counter() - t0
+        row["finished_at"] = time.time()
         return uri
 
     def _model(self, content: torch.Tensor, styles: list[list[Style]], masks: torch.Tensor | None) -> torch.Tensor:
@@ -473,8 +495,10 @@ class ShardWorker:
     def _process_carefully(self, items: list[Item], marker: dict[str, Any]) -> None:
         """After a crash: one image at a time, each named in the marker before it is touched."""
         for item in items:
-            with contextlib.suppress(StylizeError):  # the crash may have cut a write short
-                self.storage.remove_partial(self.output_key(item.row))
+            if isinstance(self._writer, writers.FilesWriter):
+                with contextlib.suppress(StylizeError):  # the crash may have cut a write short
+                    ext = layout.extension(self.config.format)
+                    self.storage.remove_partial(self._writer.key(item.row["image_id"], ext, self._sample_k(item.row)))
             if not self._suspect(item, marker):
                 continue
             self.decode(item)
@@ -537,6 +561,12 @@ class ShardWorker:
         videos = [it for it in todo if is_video(it.row["source_uri"])]  # pipeline.video_job, after the photos
         photos = [it for it in todo if not is_video(it.row["source_uri"])] if videos else todo
         marker = self._marker(shard, generation)
+        # a plan lists colliding stems; one recorded before names were mirrored has none (its names kept the
+        # source's extension, and so do the rest of its shards); no plan at all (a shard run alone): none collide
+        collisions = self.generation().get("collisions", [] if not self.generation() else None)
+        self._writer = writers.open_writer(
+            self.config.output_format, self.storage, shard, generation, None if collisions is None else set(collisions)
+        )
         try:
             if marker is None:
                 # the ids whose outputs this attempt may write: a later generation must not keep older rows of them
@@ -553,10 +583,17 @@ class ShardWorker:
                 if item.output is not None:
                     _settle(item)
                 item.row.setdefault("finished_at", time.time())
+            named = self._writer.finish()  # a shard file is whole before its commit marker
+            for item in items:
+                if item.output is not None and item.ok:
+                    sample_id = (item.row["image_id"], self._sample_k(item.row))
+                    item.row["output_uri"] = named.get(sample_id, item.row["output_uri"])
             summary = self._commit(shard, items, len(todo), generation, t0)
         except StorageError:
             self._give_back(items, marker, shard, generation)
             raise
+        finally:
+            self._writer.discard()
         with contextlib.suppress(StorageError):  # a leftover marker is harmless: committed shards are skipped
             self.storage.delete(layout.attempt_key(shard, generation))
         return summary
@@ -572,6 +609,7 @@ class ShardWorker:
             pid=os.getpid(),
             generation=generation,
             processed=processed,
+            output_format=self.config.output_format,
             **_id_range(items),
             **{kind: sum(it.kind == kind for it in items) for kind in ("new", "changed", "unchanged")},
         )

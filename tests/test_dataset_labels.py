@@ -244,7 +244,7 @@ def test_a_shard_with_k_2_writes_two_rows_and_outputs_per_photo_decoded_once(tmp
         assert all(Path(r["output_uri"]).is_file() and r["status"] == "ok" for r in pair)
         label = image_id.split("/")[0]
         assert all(r["label"] == label and r["label_index"] == index[label] for r in pair)
-    assert Path(by_photo["Ant/Ant_0.png"][1]["output_uri"]).name == "Ant_0.png-1.png"
+    assert Path(by_photo["Ant/Ant_0.png"][1]["output_uri"]).name == "Ant_0-1.png"
     assert [r["style"] for r in by_photo["Ant/Ant_0.png"]] == assign_style_sets(["Ant/Ant_0.png"], config)[0]
 
 
@@ -269,7 +269,7 @@ def test_incremental_runs_keep_every_pair_and_stylize_only_a_new_photos_pairs(tm
     assert (second["new"], second["unchanged"], second["deleted"]) == (2, 16, 0)
     after = {p.name: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
     assert {k: after[k] for k in stamps} == stamps  # nothing re-stylized
-    assert set(after) - set(stamps) == {"bird_9.png-0.png", "bird_9.png-1.png"}
+    assert set(after) - set(stamps) == {"bird_9-0.png", "bird_9-1.png"}
     rows = metrics_rows(out)
     pairs = sorted((r["image_id"], r["k"]) for r in rows)
     assert len(pairs) == len(set(pairs)) == 18

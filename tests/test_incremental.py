@@ -83,12 +83,12 @@ def test_two_nights_over_a_growing_folder_stylize_only_what_changed(tmp_path: Pa
     assert (success["new"], success["changed"], success["unchanged"], success["deleted"]) == (10, 1, 28, 1)
     assert success["processed_this_run"] == 11 and success["generation"] == 1
     after = stamps(out)
-    unchanged = {f"p{i:02d}.png.png" for i in range(30)} - {"p05.png.png", "p07.png.png"}
+    unchanged = {f"p{i:02d}.png" for i in range(30)} - {"p05.png", "p07.png"}
     assert {k: after[k] for k in unchanged} == {k: before[k] for k in unchanged}  # not rewritten
-    assert after["p05.png.png"] != before["p05.png.png"] and len(after) == 40
-    replaced = decode_image((out / "images" / "p05.png.png").read_bytes()).array.astype(int)
+    assert after["p05.png"] != before["p05.png"] and len(after) == 40
+    replaced = decode_image((out / "images" / "p05.png").read_bytes()).array.astype(int)
     assert np.abs(replaced - (255 - photo((12, 10), seed=500).astype(int))).max() <= 1  # the new photo's output
-    assert "p07.png.png" in after  # no prune: the deleted photo's output stays
+    assert "p07.png" in after  # no prune: the deleted photo's output stays
 
     rows = current_rows(out)
     current = sorted(p.stem for p in src.iterdir())

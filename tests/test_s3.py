@@ -119,3 +119,18 @@ def test_both_job_entrypoints_read_their_config_from_s3(endpoint):
     assert (job.output, job.batch_size) == ("s3://outputs/run", 2)
     train = parse_train_config(["--config", "s3://outputs/configs/train.json"])
     assert (train.stylizer, train.output) == ("johnson", "s3://outputs/ckpt")
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+def test_a_shard_file_goes_to_s3_whole_and_its_members_read_back(endpoint, output_format):
+    from pipeline import writers
+
+    storage = Storage(f"s3://outputs/{output_format}", {"endpoint_url": endpoint})
+    writer = writers.open_writer(output_format, storage, 3, 0, None)
+    for image_id in ("a/x.jpg", "b/y.jpg"):
+        writer.put(writers.Sample(image_id, None, "png", _png(4, 3), {"image_id": image_id}))
+    named = writer.finish()
+    assert storage.list("shards/") == [f"shards/shard-00003.{'tar' if output_format == 'webdataset' else 'parquet'}"]
+    for uri in named.values():
+        assert uri.startswith(f"s3://outputs/{output_format}/shards/shard-00003.")
+        assert Image.open(io.BytesIO(writers.read_output(storage, uri))).size == (4, 3)

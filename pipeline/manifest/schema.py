@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline.layout import IMAGE_EXTENSIONS
 from pipeline.media.video import VIDEO_EXTENSIONS
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MEDIA_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 REQUIRED_COLUMNS = ("image_id", "uri")
 SCHEMA = pa.schema(

@@ -19,6 +19,7 @@ through it, and a batch driver calls ``ensure_weights`` before Ray starts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from typing import Any
 
 from pipeline.errors import StorageError, WeightsError
 from pipeline.models.base import Stylizer
+from pipeline.models.onnx_port import package_file
 from pipeline.models.registry import ModelCard, WeightSource, get_card, list_models
 from pipeline.models.registry import create as create_registered
 from pipeline.models.torch7 import read_sequential
@@ -417,3 +419,34 @@ def status(card: ModelCard) -> tuple[str, str]:
 def fetchable_names() -> list[str]:
     """The stylizers ``stylize models fetch --all`` fetches: those with published files."""
     return [card.name for card in list_models() if published_files(card)]
+
+
+def weights_digests(name: str, weights: str | None, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """``{file name: sha256}`` of the weight files stylizer ``name`` loads with ``weights`` (a dataset records
+    them, so it says which weights made it): a given file, else the published files in the cache (or in the
+    folder ``weights`` names). A fetched file's digest is the one recorded beside it (no second read of a
+    large file); others are hashed. Empty when the model has no file (built in, or a test double)."""
+    card = get_card(name)
+    published = [Path(f).name for r in published_files(card) for f in (r.members or (r.file,))]
+    if card.default_network and (weights is None or _is_network_name(weights)):  # nothing fetched here
+        found = network_file(card, weights or card.default_network)
+        paths = [found[1]] if found else []
+    elif weights is None:
+        paths = [p for r in published_files(card) for p in installed_paths(r)]
+        for record in card.weight_sources:  # files a package ships (the ONNX ports): the record names the file
+            if not record.file and record.name.endswith(".onnx"):
+                with contextlib.suppress(WeightsError):
+                    paths.append(package_file(record.name))
+    else:
+        path = local_path(split_sha256(weights)[0], storage_options)
+        paths = [path / f for f in published] if path.is_dir() else [path]
+    return {p.name: recorded_sha256(p) or sha256_of(p) for p in paths if p.is_file()}
+
+
+def combined_sha256(digests: dict[str, str]) -> str | None:
+    """One digest for a model's weights: its file's sha256, or (several files) the sha256 of the sorted
+    ``name sha256`` lines; None without files."""
+    if len(digests) <= 1:
+        return next(iter(digests.values()), None)
+    lines = "".join(f"{n} {d}\n" for n, d in sorted(digests.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
