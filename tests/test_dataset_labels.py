@@ -295,7 +295,7 @@ def test_incremental_runs_keep_every_pair_and_stylize_only_a_new_photos_pairs(tm
     changed = {
         k for k, v in {p.name: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}.items() if before[k] != v
     }
-    assert changed == {f"{Path(failed_pair[0]).name}-{failed_pair[1]}.png"}
+    assert changed == {f"{Path(failed_pair[0]).stem}-{failed_pair[1]}.png"}
 
 
 def test_a_killed_run_reruns_to_exactly_one_row_per_photo_and_k(tmp_path: Path) -> None:
