@@ -17,7 +17,8 @@ through ``controls.stylize``, and prints one JSON row per (stylizer, photo, styl
 - ``sharpness``: the detail measure, the mean luminance gradient magnitude (forward differences of
   BT.601 luma in [0,1]) at full size; ``detail``: ``detail_ratio`` of the output against the output of
   the same photo at 1024 px (same mode), enlarged to full size with torch's bicubic (the issue's "detail
-  of a 1024-px output enlarged bicubically"), for sizes above 1024.
+  of a 1024-px output enlarged bicubically"), for sizes above 1024; ``photo_detail`` the same ratio for
+  the photo itself (its 1024 px copy enlarged), the real detail there was to carry.
 
 Then ``worst`` rows, one per stylizer and mode: the largest style distance growth and the smallest
 detail ratio at the largest size over every photo and painting (the worst case, not the mean).
@@ -54,9 +55,9 @@ from pipeline.scale import DEFAULT_STYLE_SCALE
 VIEW_SIDE = 256  # the common viewing size of the style distances
 JOHNSON_CANDY = "docs/training/johnson-candy.safetensors"
 ROOT = Path(__file__).resolve().parents[2]
-# the shared evaluation set: ../shared beside the checkout, else shared/ inside it (benchmarks only; tests never)
-SHARED = next((p / "eval" for p in (ROOT.parent / "shared", ROOT / "shared") if (p / "eval").is_dir()), ROOT)
-PHOTOS = ("content/Content.jpg", "content/chicago.jpg")
+# the shared set (benchmarks only; tests never): ../shared beside the checkout, else shared/ inside it
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if (p / "eval").is_dir()), ROOT.parent / "shared")
+PHOTOS = ("eval/content/Content.jpg", "eval/content/chicago.jpg")
 PAINTINGS = ("Starry", "la_muse", "wave", "udnie", "Composition-VII")
 DETAIL_SIZE = 1024  # the detail ratio's reference: the 1024 px output enlarged bicubically
 COLLAGE = (3072, 2304, 384)  # width, height, tile side of real_detail_photo
@@ -174,7 +175,7 @@ def _pair_rows(
     rows: list[dict[str, object]] = []
     reference: torch.Tensor | None = None
     base: float | None = None  # the style distance at the smallest size, which growth is measured from
-    at_detail_size: dict[str, torch.Tensor] = {}
+    at_detail_size: dict[str, torch.Tensor] = {}  # the outputs at DETAIL_SIZE, by mode, and the photo
     for side in sizes:
         content = photo(picture, side).to(model.device)
         native: torch.Tensor | None = None
@@ -207,9 +208,11 @@ def _pair_rows(
                 base = dist if base is None else base
                 row["growth"] = round(dist / base - 1, 4)
             if side == DETAIL_SIZE:
-                at_detail_size[key] = out
+                at_detail_size |= {key: out, "photo": content}
             elif side > DETAIL_SIZE and key in at_detail_size:
                 row["detail"] = round(detail_ratio(out, at_detail_size[key]), 4)
+                # the same ratio for the photo itself: what real detail there was to carry
+                row["photo_detail"] = round(detail_ratio(content, at_detail_size["photo"]), 4)
             if crops and mode != "native" and side == max(sizes):
                 native = (
                     native if native is not None else controls.stylize(model, content, styles, style_scale="native")
@@ -233,6 +236,7 @@ def worst(rows: list[dict[str, object]], size: int, what: str) -> list[dict[str,
         if detailed:
             low = min(detailed, key=lambda r: float(r["detail"]))  # type: ignore[arg-type]
             row |= {"min_detail": low["detail"], "detail_at": f"{low['photo']} x {low['style']}"}
+            row["photo_detail"] = low.get("photo_detail")  # that photo's own ratio: the detail it had
         out.append(row)
     return out
 
@@ -286,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stylizer", action="append", help="ghiasi, dumoulin, johnson, ... (repeat)")
     parser.add_argument("--style", action="append", default=[], help="painting for image-conditioned families")
     parser.add_argument("--index", action="append", type=int, help="dumoulin built-in style (repeat; default 0)")
-    parser.add_argument("--johnson-style", default=str(SHARED / "style" / "candy.jpg"), help="johnson's painting")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared folder (eval/content, eval/style)")
+    parser.add_argument("--johnson-style", help="johnson's painting (default: the shared set's candy.jpg)")
     parser.add_argument("--size", action="append", type=int, help="photo longer sides (default 512 1024 3072)")
     parser.add_argument("--style-scale", type=int, default=DEFAULT_STYLE_SCALE)
     parser.add_argument(
@@ -300,8 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.stylizer = args.stylizer or ["ghiasi"]
     args.size = args.size or [512, 1024, 3072]
-    args.content = args.content or [*(str(SHARED / p) for p in PHOTOS if (SHARED / p).exists()), "astronaut"]
-    args.style = args.style or [str(SHARED / "style" / f"{p}.jpg") for p in PAINTINGS]
+    args.content = args.content or [*(str(args.shared / p) for p in PHOTOS if (args.shared / p).exists()), "astronaut"]
+    args.style = args.style or [str(args.shared / "eval" / "style" / f"{p}.jpg") for p in PAINTINGS]
+    args.johnson_style = args.johnson_style or str(args.shared / "eval" / "style" / "candy.jpg")
     args.index = args.index or [0]
     bench(args)
 
