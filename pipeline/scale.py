@@ -17,8 +17,8 @@ DEFAULT_TILE_PIXELS = 4_000_000  # feed-forward models tile larger images (jobs,
 # it runs at (its strokes are fixed in pixels), so a large photo looks like a 512 px photo only if it is
 # painted at 512 px too. Measured with ghiasi over 3 photos x 5 paintings (docs/benchmarks.md, "Style
 # scale", session 8): a 640 px working size moves the Gram style distance by -3% to +40% from the 512 px
-# photo's (udnie and Composition VII +28% to +40%: the 16% of issue #20 was not photo-specific but this),
-# a 512 px working size by under 1%. The networks were trained on 256 px crops; 512 keeps their look.
+# photo's (udnie and Composition VII +25% to +40% on every photo, the likely source of issue #20's 16%), a
+# 512 px working size by under 1%. The networks were trained on 256 px crops; 512 keeps their look.
 DEFAULT_STYLE_SCALE = 512
 STYLE_SCALE_RANGE = (64, 32768)
 STYLE_SCALE_HELP = f"'native' or a longer side of {STYLE_SCALE_RANGE[0]} to {STYLE_SCALE_RANGE[1]} px"
