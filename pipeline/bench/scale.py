@@ -257,16 +257,17 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
             for j, (photo_label, picture) in enumerate(pictures):
                 crops = args.crops if (name, i, j) == (args.stylizer[0], 0, 0) else None
                 rows += _pair_rows(args, scorer, model, picture, photo_label, styles, label, painting, args.size, crops)
-            if args.detail_photo == "collage":
+            if collage is not None:
                 # default mode only (native at 3072 px is minutes a call); 512 px is the "= both" row
                 only_default = argparse.Namespace(**{**vars(args), "native_up_to": args.style_scale})
                 sizes = [min(args.size), DETAIL_SIZE, max(COLLAGE[:2])]
                 detail_rows += _pair_rows(
                     only_default, scorer, model, collage, "collage", styles, label, painting, sizes
                 )
+    summary: list[dict[str, object]] = []
     for row in worst(rows, max(args.size), "photos") + worst(detail_rows, max(COLLAGE[:2]), "real_detail"):
-        _emit(rows, row)
-    return rows
+        _emit(summary, row)
+    return rows + detail_rows + summary
 
 
 def write_crops(path: Path, content: torch.Tensor, native: torch.Tensor, default: torch.Tensor) -> None:
