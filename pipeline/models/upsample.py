@@ -16,11 +16,12 @@ back scaled by how strongly the stylized output follows the photo locally. Where
 photo's edges (``a`` large) those edges come back at full sharpness; where the painting's strokes ignore
 the photo (``a ~ 0``) the strokes are enlarged as they are (not box-blurred as a plain guided filter
 would do, and with no photo texture painted over them). So a photo with real detail beyond the working
-size gets it back at full size: on a 3072 px collage of real photos the output has 1.5-1.7x the mean
+size gets it back at full size: on a 3072 px collage of real photos the output has 1.6-1.8x the mean
 luminance gradient of a 1024 px output enlarged bicubically (docs/benchmarks.md, "Style scale"); a photo
 that was itself enlarged has no such detail, and none is invented.
 
-The enlargements are Catmull-Rom cubics (``CUBIC_A``), not the package's bilinear ``resize`` (a
+The enlargements are Catmull-Rom cubics (``CUBIC_A``; torch's antialiased bicubic, which enlarges with
+that kernel as Pillow does), not the package's bilinear ``resize`` (a
 downscaling filter; bilinear enlargement is visibly softer) nor torch's bicubic (its -0.75 kernel
 overshoots, and the rings around every stroke edge change the look seen whole). ``p`` and ``I_low``
 use the same one so that where ``p`` follows the photo linearly, ``q = a * I_full + b`` exactly; the
@@ -79,36 +80,38 @@ def _rows(x: Tensor, out_h: int, y0: int, y1: int) -> Tensor:
     return x[..., i0, :] * (1 - frac) + x[..., i1, :] * frac
 
 
-def _cubic(x: Tensor, out_len: int, i0: int, i1: int, dim: int) -> Tensor:
-    """Samples ``i0:i1`` of ``x`` enlarged to ``out_len`` along ``dim`` (-2 rows, -1 columns) with the
-    Catmull-Rom cubic (Keys' kernel, ``CUBIC_A`` = -0.5), pixel centres as ``align_corners=False``, source
-    indices clamped at the border. Only the other axis of ``x`` is kept whole."""
-    n = x.shape[dim]
-    i = torch.arange(i0, i1, device=x.device, dtype=torch.float64)
-    src = (i + 0.5) * (n / out_len) - 0.5
+def _cubic_rows(x: Tensor, out_h: int, y0: int, y1: int) -> Tensor:
+    """Rows ``y0:y1`` of ``x`` (B,C,h,w) enlarged to ``out_h`` rows with the Catmull-Rom cubic (Keys'
+    kernel, ``CUBIC_A`` = -0.5): the same values as the corresponding rows of ``F.interpolate(x, (out_h,
+    w), mode="bicubic", antialias=True)``, which is that kernel when enlarging (as Pillow's), with taps
+    past the border dropped and the rest renormalised."""
+    h = x.shape[-2]
+    y = torch.arange(y0, y1, device=x.device, dtype=torch.float64)
+    src = (y + 0.5) * (h / out_h) - 0.5
     base = src.floor()
     t = src - base
     a = CUBIC_A
     far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # noqa: E731 - |d| in [1, 2]
     near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # noqa: E731 - |d| in [0, 1]
-    shape = (-1, 1) if dim == -2 else (-1,)
-    out = None
-    for k, wk in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
-        idx = (base.long() + k - 1).clamp(0, n - 1)
-        term = x.index_select(dim, idx) * wk.to(x.dtype).view(shape)
-        out = term if out is None else out.add_(term)
-    assert out is not None
+    idx = torch.stack([base.long() + k - 1 for k in range(4)])
+    weights = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)]) * ((idx >= 0) & (idx < h))
+    weights = (weights / weights.sum(0)).to(x.dtype)[..., None]
+    idx = idx.clamp(0, h - 1)
+    out = x[..., idx[0], :] * weights[0]
+    for k in range(1, 4):
+        out += x[..., idx[k], :] * weights[k]
     return out
 
 
 def _band_up(x: Tensor, size: tuple[int, int], y0: int, y1: int, mode: str = "bilinear") -> Tensor:
-    """Rows ``y0:y1`` of ``x`` enlarged to ``size`` (H, W): bilinear, or ``"cubic"`` (Catmull-Rom)."""
-    if mode == "cubic":
-        return _cubic(_cubic(x, size[0], y0, y1, -2), size[1], 0, size[1], -1)
-    if (y0, y1) == (0, size[0]):  # one band: torch's own pass is faster (equal within float rounding, ~2e-5)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    rows = _rows(x, size[0], y0, y1)
-    return F.interpolate(rows, size=(y1 - y0, size[1]), mode="bilinear", align_corners=False)
+    """Rows ``y0:y1`` of ``x`` enlarged to ``size`` (H, W), bilinear or ``"cubic"`` (Catmull-Rom: torch's
+    antialiased bicubic, which only enlarges here; at scale 1 in H the column pass leaves rows as they are)."""
+    cubic = mode == "cubic"
+    resample = {"mode": "bicubic", "antialias": True} if cubic else {"mode": "bilinear"}
+    if (y0, y1) == (0, size[0]):  # one band: torch's own pass is faster (equal within float rounding, ~1e-5)
+        return F.interpolate(x, size=size, align_corners=False, **resample)
+    rows = (_cubic_rows if cubic else _rows)(x, size[0], y0, y1)
+    return F.interpolate(rows, size=(y1 - y0, size[1]), align_corners=False, **resample)
 
 
 def guided_upsample(
