@@ -49,9 +49,10 @@ RADIUS = 2
 EPS = 1e-4
 BAND_PIXELS = 1 << 22  # 4 MP per band of full-size rows
 # Keys' cubic parameter of the enlargements: -0.5 (Catmull-Rom), the one that reproduces quadratics, not
-# torch's -0.75, whose stronger overshoot rings around every stroke edge. Measured with ghiasi (512 px
-# results enlarged 6x, seen back at the metrics' 256 px): -0.75 moved the Gram style distance by up to
-# +9% (udnie, Composition VII), -0.5 by up to +5% (docs/benchmarks.md, "Style scale", session 8)
+# torch's plain bicubic -0.75, whose stronger overshoot rings around every stroke edge. Measured with ghiasi
+# (512 px results enlarged 6x, seen back at the metrics' 256 px): -0.75 moved the Gram style distance by up
+# to +9% (udnie, Composition VII), -0.5 by up to +5% (docs/benchmarks.md, "Style scale", session 8).
+# Fixed, not a setting: it is the kernel of torch's antialiased bicubic, which _cubic_rows reproduces
 CUBIC_A = -0.5
 
 
