@@ -13,10 +13,13 @@ from pipeline.errors import ConfigError
 DEFAULT_TILE_PIXELS = 4_000_000  # feed-forward models tile larger images (jobs, `stylize image`, the controls)
 
 # the longer side (px) at which strokes are painted: larger photos are stylized at this size and brought back
-# to full size edge-aware (controls.stylize). The feed-forward networks were trained on 256 px crops; measured
-# with ghiasi, the Gram style distance seen whole grows by 7% from a 512 px photo to 640, 13% to 768 and 20%
-# to 1024 (docs/benchmarks.md), so 640 keeps a large photo's look within 10% of a 512 px one's
-DEFAULT_STYLE_SCALE = 640
+# to full size edge-aware (controls.stylize). A feed-forward network's look, seen whole, depends on the size
+# it runs at (its strokes are fixed in pixels), so a large photo looks like a 512 px photo only if it is
+# painted at 512 px too. Measured with ghiasi over 3 photos x 5 paintings (docs/benchmarks.md, "Style
+# scale", session 8): a 640 px working size moves the Gram style distance by -3% to +40% from the 512 px
+# photo's (udnie and Composition VII +25% to +40% on every photo, the likely source of issue #20's 16%), a
+# 512 px working size by under 1%. The networks were trained on 256 px crops; 512 keeps their look.
+DEFAULT_STYLE_SCALE = 512
 STYLE_SCALE_RANGE = (64, 32768)
 STYLE_SCALE_HELP = f"'native' or a longer side of {STYLE_SCALE_RANGE[0]} to {STYLE_SCALE_RANGE[1]} px"
 StyleScale = int | Literal["native"]

@@ -1,21 +1,34 @@
 """Style-scale benchmark: does a large photo look as stylized as a small one, with full-size detail?
 
-``python -m pipeline.bench.scale --stylizer ghiasi --stylizer dumoulin --style PAINTING.jpg`` stylizes one
-photo at several longer sides (default 512, 1024, 2048, 4096) with ``style_scale`` ``native`` and with the
-default, through ``controls.stylize``, and prints one row per (stylizer, style, size, mode):
+``python -m pipeline.bench.scale --stylizer ghiasi`` stylizes each photo (``--content``, repeat; default
+the shared set's Content.jpg and chicago.jpg beside scikit-image's astronaut) with each painting
+(``--style``, repeat; default Starry, la_muse, wave, udnie and Composition-VII from the shared set) at
+several longer sides (default 512, 1024, 3072), with ``style_scale`` ``native`` and with the default,
+through ``controls.stylize``, and prints one JSON row per (stylizer, photo, style, size, mode):
 
 - ``style_dist``: the job metrics' Gram style distance (``metrics.QualityScorer``) to the painting, with
   output and painting both at a 256 px viewing size (lower: closer to the painting). Families without a
-  style image (dumoulin's built-in styles) have none;
-- ``look_dist``: the same Gram distance, but to the 512 px result of the same stylizer and style: how far
-  the picture seen whole is from the small photo's look (0 at 512), for every family;
+  style image (dumoulin's built-in styles) have none; ``growth``: its relative change from the photo's
+  smallest size (the first ``--size``);
+- ``look_dist``: the same Gram distance, but to the smallest size's result of the same stylizer and style:
+  how far the picture seen whole is from the small photo's look (0 at 512), for every family;
 - ``edge_corr``: Pearson correlation of the luminance gradient magnitudes of output and photo at full size;
 - ``s_per_image``: seconds of the ``controls.stylize`` call;
-- ``sharpness``: mean luminance gradient magnitude at full size, and ``bicubic_sharpness`` the same for the
-  working-size result enlarged with a plain bicubic resize (rows where the style scale applies).
+- ``sharpness``: the detail measure, the mean luminance gradient magnitude (forward differences of
+  BT.601 luma in [0,1]) at full size; ``detail``: ``detail_ratio`` of the output against the output of
+  the same photo at 1024 px (same mode), enlarged to full size with torch's bicubic (the issue's "detail
+  of a 1024-px output enlarged bicubically"), for sizes above 1024; ``photo_detail`` the same ratio for
+  the photo itself (its 1024 px copy enlarged), the real detail there was to carry.
 
-The photo is scikit-image's astronaut (512 px) unless ``--content`` is given; larger sizes are enlarged
-from it with Lanczos, so they hold no more real detail than the 512 px photo (the benchmark says so).
+Then ``worst`` rows, one per stylizer and mode: the largest style distance growth and the smallest
+detail ratio at the largest size over every photo and painting (the worst case, not the mean).
+
+The photos are resized to each size with Lanczos from their own pixels. The shared photos are 512 px and
+the astronaut 512 px, so above 512 they are enlargements that hold no real detail (their own detail
+ratio is ~1.0: nothing for any upsampler to carry). ``--detail-photo`` (default ``collage``) therefore
+adds ``real_detail`` rows: ``real_detail_photo()`` (a 3072x2304 collage of real photos, each tile at or
+below its own resolution, so every pixel holds real detail) at 1024 and 3072 px with each painting, and
+the detail ratio and style distances there; ``--detail-photo none`` skips them.
 ``--crops OUT.png`` also writes a side-by-side crop of the first stylizer's largest photo, native vs default.
 Asserts nothing; CPU threads as torch picks them.
 """
@@ -41,20 +54,55 @@ from pipeline.scale import DEFAULT_STYLE_SCALE
 
 VIEW_SIDE = 256  # the common viewing size of the style distances
 JOHNSON_CANDY = "docs/training/johnson-candy.safetensors"
+ROOT = Path(__file__).resolve().parents[2]
+# the shared set (benchmarks only; tests never): ../shared beside the checkout, else shared/ inside it
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if (p / "eval").is_dir()), ROOT.parent / "shared")
+PHOTOS = ("eval/content/Content.jpg", "eval/content/chicago.jpg")
+PAINTINGS = ("Starry", "la_muse", "wave", "udnie", "Composition-VII")
+DETAIL_SIZE = 1024  # the detail ratio's reference: the 1024 px output enlarged bicubically
+COLLAGE = (3072, 2304, 384)  # width, height, tile side of real_detail_photo
 
 
-def photo(path: str | None, side: int) -> torch.Tensor:
-    """(1,3,H,W) in [0,1] with longer side ``side``: the file, or scikit-image's astronaut, Lanczos-resized."""
-    if path:
-        img = Image.open(path).convert("RGB")
-    else:
-        from skimage import data
+def load(path: str | None) -> Image.Image:
+    """An RGB picture: a file, or scikit-image's astronaut for ``None`` / ``"astronaut"``."""
+    if path and path != "astronaut":
+        return Image.open(path).convert("RGB")
+    from skimage import data
 
-        img = Image.fromarray(data.astronaut())
+    return Image.fromarray(data.astronaut())
+
+
+def photo(path: str | Image.Image | None, side: int) -> torch.Tensor:
+    """(1,3,H,W) in [0,1] with longer side ``side``: the picture (``load``), Lanczos-resized."""
+    img = path if isinstance(path, Image.Image) else load(path)
     w, h = img.size
     scale = side / max(w, h)
     img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def real_detail_photo() -> Image.Image:
+    """A 3072x2304 collage of real photos (scikit-image's colour and grey photos), each tile a square crop
+    brought down to 384 px, never enlarged: every pixel holds a camera's detail, at a size no photo of
+    this machine has. At most two crops per photo, mirrored on the second pass round the list."""
+    from skimage import data
+
+    width, height, tile = COLLAGE
+    sources = [data.astronaut(), data.coffee(), data.rocket(), data.retina(), data.hubble_deep_field()]
+    sources += [data.camera(), data.brick(), data.grass(), data.gravel(), data.immunohistochemistry()]
+    tiles = []
+    for array in sources:
+        rgb = np.repeat(array[..., None], 3, 2) if array.ndim == 2 else array
+        h, w = rgb.shape[:2]
+        side = min(h, w) // 2 if min(h, w) >= 2 * tile else min(h, w)  # a large photo gives two finer crops
+        for y, x in sorted({(0, 0), (h - side, w - side)}):
+            crop = Image.fromarray(np.ascontiguousarray(rgb[y : y + side, x : x + side]))
+            tiles.append(crop.resize((tile, tile), Image.Resampling.LANCZOS))
+    canvas = Image.new("RGB", (width, height))
+    for k, (y, x) in enumerate((y, x) for y in range(0, height, tile) for x in range(0, width, tile)):
+        img = tiles[k % len(tiles)]
+        canvas.paste(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if (k // len(tiles)) % 2 else img, (x, y))
+    return canvas
 
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +119,16 @@ def edge_correlation(out: torch.Tensor, content: torch.Tensor) -> float:
 
 
 def sharpness(x: torch.Tensor) -> float:
+    """The detail measure: mean luminance gradient magnitude at the picture's own size."""
     return float(gradient_magnitude(x).mean())
+
+
+def detail_ratio(out: torch.Tensor, smaller: torch.Tensor) -> float:
+    """``sharpness(out)`` over the sharpness of ``smaller`` (the same photo's output at a smaller size)
+    enlarged to ``out``'s size with torch's bicubic (clamped to [0,1]): how much more detail the
+    full-size output carries than an enlargement of the smaller one."""
+    enlarged = F.interpolate(smaller, size=out.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    return sharpness(out) / sharpness(enlarged)
 
 
 def load_stylizer(name: str, device: torch.device) -> Stylizer:
@@ -97,58 +154,120 @@ def distance(scorer: QualityScorer, out: torch.Tensor, target: torch.Tensor, key
     return scorer.score_batch(out, out, [key], [[Style(image=target)]])[0]["style_distance"]
 
 
+def _emit(rows: list[dict[str, object]], row: dict[str, object]) -> None:
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def _pair_rows(
+    args: argparse.Namespace,
+    scorer: QualityScorer,
+    model: Stylizer,
+    picture: Image.Image,
+    photo_label: str,
+    styles: list[Style],
+    label: str,
+    painting: torch.Tensor | None,
+    sizes: list[int],
+    crops: Path | None = None,
+) -> list[dict[str, object]]:
+    """The rows of one (stylizer, photo, style) at each size and mode."""
+    rows: list[dict[str, object]] = []
+    reference: torch.Tensor | None = None
+    base: float | None = None  # the style distance at the smallest size, which growth is measured from
+    at_detail_size: dict[str, torch.Tensor] = {}  # the outputs at DETAIL_SIZE, by mode, and the photo
+    for side in sizes:
+        content = photo(picture, side).to(model.device)
+        native: torch.Tensor | None = None
+        for mode in ("native", args.style_scale):
+            if mode != "native" and side <= args.style_scale:
+                continue  # the same call as native: the style scale only acts above it
+            if mode == "native" and args.native_up_to and side > args.native_up_to:
+                continue  # native at full size is the slow case; --native-up-to skips it
+            t0 = time.perf_counter()
+            out = controls.stylize(model, content, styles, style_scale=mode)
+            seconds = time.perf_counter() - t0
+            reference = out if reference is None else reference
+            native = out if mode == "native" else native
+            key = "native" if mode == "native" else "default"
+            dist = distance(scorer, out, painting, label) if painting is not None else None
+            row: dict[str, object] = {
+                "stylizer": model.name,
+                "photo": photo_label,
+                "style": label,
+                "size": side,
+                "style_scale": mode if side > args.style_scale else f"{mode} (= both)",
+                "style_dist": None if dist is None else round(dist, 4),
+                "growth": None,
+                "look_dist": round(distance(scorer, out, reference, f"{model.name}-{label}-{photo_label}"), 4),
+                "edge_corr": round(edge_correlation(out, content), 4),
+                "s_per_image": round(seconds, 2),
+                "sharpness": round(sharpness(out), 5),
+            }
+            if dist is not None:
+                base = dist if base is None else base
+                row["growth"] = round(dist / base - 1, 4)
+            if side == DETAIL_SIZE:
+                at_detail_size |= {key: out, "photo": content}
+            elif side > DETAIL_SIZE and key in at_detail_size:
+                row["detail"] = round(detail_ratio(out, at_detail_size[key]), 4)
+                # the same ratio for the photo itself: what real detail there was to carry
+                row["photo_detail"] = round(detail_ratio(content, at_detail_size["photo"]), 4)
+            if crops and mode != "native" and side == max(sizes):
+                native = (
+                    native if native is not None else controls.stylize(model, content, styles, style_scale="native")
+                )
+                write_crops(crops, content, native, out)
+            _emit(rows, row)
+    return rows
+
+
+def worst(rows: list[dict[str, object]], size: int, what: str) -> list[dict[str, object]]:
+    """Per stylizer and mode: the largest growth and the smallest detail ratio at ``size``."""
+    out = []
+    for name, mode in sorted({(r["stylizer"], r["style_scale"]) for r in rows if r["size"] == size}):
+        own = [r for r in rows if r["size"] == size and (r["stylizer"], r["style_scale"]) == (name, mode)]
+        grown = [r for r in own if r.get("growth") is not None]
+        detailed = [r for r in own if r.get("detail") is not None]
+        row: dict[str, object] = {"worst": what, "stylizer": name, "size": size, "style_scale": mode, "pairs": len(own)}
+        if grown:
+            top = max(grown, key=lambda r: float(r["growth"]))  # type: ignore[arg-type]
+            row |= {"max_growth": top["growth"], "at": f"{top['photo']} x {top['style']}"}
+        if detailed:
+            low = min(detailed, key=lambda r: float(r["detail"]))  # type: ignore[arg-type]
+            row |= {"min_detail": low["detail"], "detail_at": f"{low['photo']} x {low['style']}"}
+            row["photo_detail"] = low.get("photo_detail")  # that photo's own ratio: the detail it had
+        out.append(row)
+    return out
+
+
 def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     device = resolve_device(args.device)
     scorer = QualityScorer.load(args.encoder_weights, device=device, side=VIEW_SIDE)
+    pictures = [(Path(p).stem if p else "astronaut", load(p)) for p in args.content]
     rows: list[dict[str, object]] = []
+    detail_rows: list[dict[str, object]] = []
+    collage = real_detail_photo() if args.detail_photo == "collage" else None
     for name in args.stylizer:
         model = load_stylizer(name, device)
         # an image-conditioned family takes the paintings; dumoulin its built-in indices; johnson one painting
         choices = args.style if model.style_kind != "index" else [None] * len(args.index)
         for i, style_path in enumerate(choices if model.style_kind != "fixed" else [args.johnson_style]):
             styles, label, painting = styles_for(model, style_path, args.index[i % len(args.index)])
-            reference: torch.Tensor | None = None
-            for side in args.size:
-                content = photo(args.content, side).to(device)
-                native: torch.Tensor | None = None
-                for mode in ("native", args.style_scale):
-                    if mode != "native" and side <= args.style_scale:
-                        continue  # the same call as native: the style scale only acts above it
-                    if mode == "native" and args.native_up_to and side > args.native_up_to:
-                        continue  # native at full size is the slow case; --native-up-to skips it
-                    t0 = time.perf_counter()
-                    out = controls.stylize(model, content, styles, style_scale=mode)
-                    seconds = time.perf_counter() - t0
-                    if reference is None:
-                        reference = out
-                    if mode == "native":
-                        native = out
-                    row: dict[str, object] = {
-                        "stylizer": name,
-                        "style": label,
-                        "size": side,
-                        "style_scale": mode if side > args.style_scale else f"{mode} (= both)",
-                        "style_dist": round(distance(scorer, out, painting, label), 4)
-                        if painting is not None
-                        else None,
-                        "look_dist": round(distance(scorer, out, reference, f"{name}-{label}-512"), 4),
-                        "edge_corr": round(edge_correlation(out, content), 4),
-                        "s_per_image": round(seconds, 2),
-                        "sharpness": round(sharpness(out), 5),
-                    }
-                    if mode != "native":
-                        work = controls.working_size(tuple(content.shape[-2:]), mode)
-                        assert work is not None
-                        small = controls.stylize(model, imaging.resize(content, work), styles, style_scale="native")
-                        bicubic = F.interpolate(small, size=content.shape[-2:], mode="bicubic", align_corners=False)
-                        row["bicubic_sharpness"] = round(sharpness(bicubic.clamp(0, 1)), 5)
-                        if args.crops and name == args.stylizer[0] and i == 0 and side == max(args.size):
-                            if native is None:
-                                native = controls.stylize(model, content, styles, style_scale="native")
-                            write_crops(args.crops, content, native, out)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-    return rows
+            for j, (photo_label, picture) in enumerate(pictures):
+                crops = args.crops if (name, i, j) == (args.stylizer[0], 0, 0) else None
+                rows += _pair_rows(args, scorer, model, picture, photo_label, styles, label, painting, args.size, crops)
+            if collage is not None:
+                # default mode only (native at 3072 px is minutes a call); 512 px is the "= both" row
+                only_default = argparse.Namespace(**{**vars(args), "native_up_to": args.style_scale})
+                sizes = [min(args.size), DETAIL_SIZE, max(COLLAGE[:2])]
+                detail_rows += _pair_rows(
+                    only_default, scorer, model, collage, "collage", styles, label, painting, sizes
+                )
+    summary: list[dict[str, object]] = []
+    for row in worst(rows, max(args.size), "photos") + worst(detail_rows, max(COLLAGE[:2]), "real_detail"):
+        _emit(summary, row)
+    return rows + detail_rows + summary
 
 
 def write_crops(path: Path, content: torch.Tensor, native: torch.Tensor, default: torch.Tensor) -> None:
@@ -172,17 +291,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stylizer", action="append", help="ghiasi, dumoulin, johnson, ... (repeat)")
     parser.add_argument("--style", action="append", default=[], help="painting for image-conditioned families")
     parser.add_argument("--index", action="append", type=int, help="dumoulin built-in style (repeat; default 0)")
-    parser.add_argument("--johnson-style", default="/work/shared/eval/style/candy.jpg", help="johnson's painting")
-    parser.add_argument("--size", action="append", type=int, help="photo longer sides (default 512 1024 2048 4096)")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared folder (eval/content, eval/style)")
+    parser.add_argument("--johnson-style", help="johnson's painting (default: the shared set's candy.jpg)")
+    parser.add_argument("--size", action="append", type=int, help="photo longer sides (default 512 1024 3072)")
     parser.add_argument("--style-scale", type=int, default=DEFAULT_STYLE_SCALE)
-    parser.add_argument("--content", help="photo (default: scikit-image's astronaut)")
+    parser.add_argument(
+        "--content", action="append", help="photo or 'astronaut' (repeat; default: shared set's 2 + astronaut)"
+    )
+    parser.add_argument("--detail-photo", choices=("collage", "none"), default="collage", help="real-detail rows")
     parser.add_argument("--encoder-weights", default="hed-vgg16", help="VGG that measures the distances")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--native-up-to", type=int, help="skip native rows above this size (they are slow)")
     parser.add_argument("--crops", type=Path, help="write native-vs-default crops of the largest photo here")
     args = parser.parse_args(argv)
-    args.stylizer = args.stylizer or ["ghiasi", "dumoulin", "johnson"]
-    args.size = args.size or [512, 1024, 2048, 4096]
+    args.stylizer = args.stylizer or ["ghiasi"]
+    args.size = args.size or [512, 1024, 3072]
+    args.content = args.content or [*(str(args.shared / p) for p in PHOTOS if (args.shared / p).exists()), "astronaut"]
+    args.style = args.style or [str(args.shared / "eval" / "style" / f"{p}.jpg") for p in PAINTINGS]
+    args.johnson_style = args.johnson_style or str(args.shared / "eval" / "style" / "candy.jpg")
     args.index = args.index or [0]
     bench(args)
 
