@@ -73,14 +73,29 @@ def resize_max_side(x: Tensor, max_side: int | None) -> Tensor:
     return resize(x, max_side_size(tuple(x.shape[-2:]), max_side))
 
 
-def fit(array: np.ndarray, max_side: int | None) -> np.ndarray:
-    """(H,W,3) uint8 with the longer side capped at ``max_side`` (``resize_max_side``), rounded back to
-    uint8 as the codec rounds outputs. ``stylize image``, batch jobs and videos all go through here, so
-    they feed the model the same pixels."""
-    if not max_side or max(array.shape[:2]) <= max_side:
+def fit_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The (H, W) that ``fit`` gives an image of ``size``: unchanged unless its longer side passes ``max_side``.
+    The decoder takes it as its target (``codec.decode_image``), so a JPEG decoded at a reduced scale ends at
+    exactly the size a whole decode and ``fit`` would give."""
+    if not max_side or max(size) <= max_side:
+        return tuple(size)  # type: ignore[return-value]
+    return max_side_size(size, max_side)
+
+
+def resize_array(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H,W,3) uint8 resampled to ``size`` (H, W) with the one filter (``resize``), rounded back to uint8
+    as the codec rounds outputs; the same size comes back unchanged."""
+    if tuple(array.shape[:2]) == tuple(size):
         return array
     if not array.flags.writeable:  # torch warns on read-only arrays
         array = array.copy()
     x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
-    small = resize_max_side(x, max_side)[0]
+    small = resize(x, size)[0]
     return small.clamp(0, 1).mul(255).add(0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def fit(array: np.ndarray, max_side: int | None) -> np.ndarray:
+    """(H,W,3) uint8 with the longer side capped at ``max_side`` (``resize_max_side``), rounded back to
+    uint8 as the codec rounds outputs. ``stylize image``, batch jobs and videos all go through here, so
+    they feed the model the same pixels."""
+    return resize_array(array, fit_size(tuple(array.shape[:2]), max_side))

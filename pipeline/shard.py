@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -49,7 +50,7 @@ from pipeline.config import JobConfig
 from pipeline.crashes import crash_limit
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError, MachineError, StorageError, StylizeError, describe
-from pipeline.imaging import fit, resize, resize_masks
+from pipeline.imaging import fit_size, resize, resize_masks
 from pipeline.manifest.hashing import source_tags
 from pipeline.manifest.schema import TAG_COLUMNS
 from pipeline.media.video import is_video
@@ -278,9 +279,9 @@ class ShardWorker:
             data = self._read(item.row["source_uri"])
             mask_data = self._read(item.row["mask_uri"]) if item.row.get("mask_uri") else None
             stage = "decode"
-            decoded = decode_image(data)
-            item.row.update(width=decoded.width, height=decoded.height, note=decoded.note or "")
-            pixels = torch.from_numpy(fit(decoded.array, self.config.max_side)).permute(2, 0, 1).unsqueeze(0)
+            decoded = decode_image(data, target=partial(fit_size, max_side=self.config.max_side))
+            item.row.update(width=decoded.source_width, height=decoded.source_height, note=decoded.note or "")
+            pixels = torch.from_numpy(decoded.array).permute(2, 0, 1).unsqueeze(0)
             if mask_data is not None:
                 mask = to_tensor(decode_image(mask_data).array).mean(1, keepdim=True)
                 item.mask = resize_masks(mask, tuple(pixels.shape[-2:]))
