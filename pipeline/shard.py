@@ -516,6 +516,7 @@ class ShardWorker:
             shard=shard,
             model_calls=self.calls,
             images_in_calls=self.images_in_calls,
+            batch_size=self.config.batch_size,
             seconds=time.perf_counter() - t0,
             pid=os.getpid(),
             generation=generation,

@@ -308,3 +308,14 @@ def test_a_target_the_photo_already_meets_decodes_it_whole():
     assert np.array_equal(fast.array, whole.array) and fast.source_size is None
     png = decode_image(_save(Image.fromarray(_scene(517, 333)), "PNG"), target=partial(fit_size, max_side=100))
     assert png.array.shape == (64, 100, 3) and png.source_size == (333, 517)
+
+
+def test_png_at_the_fast_level_is_lossless_and_uses_run_length_matching():
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)  # a stylized output's fine texture
+    texture[:, :48] = (30, 90, 200)  # and a flat area: runs still compress
+    data = encode_image(texture, "png", png_level=1)
+    assert np.array_equal(decode_image(data).array, texture)
+    plain = _save(Image.fromarray(texture), "PNG", compress_level=1)
+    rle = _save(Image.fromarray(texture), "PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    assert data == rle != plain

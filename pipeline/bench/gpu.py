@@ -75,9 +75,7 @@ def images_per_s(fn: Callable[[], object], batch: int, device: torch.device, *, 
     return round(statistics.median(rates), 2)
 
 
-def model_rows(
-    device: torch.device, gpu: str, budget: Budget, sizes: list[int], smoke: bool, names: list[str]
-) -> None:
+def model_rows(device: torch.device, gpu: str, budget: Budget, sizes: list[int], smoke: bool, names: list[str]) -> None:
     from pipeline.bench.models import bench_image, default_styles, load_for_bench, random_init
 
     for name in names:

@@ -51,9 +51,7 @@ def _global_options(
     ] = False,
     offline: Annotated[
         bool,
-        typer.Option(
-            "--offline", help="Never download published weights on first use (as STYLIZE_OFFLINE=1)."
-        ),
+        typer.Option("--offline", help="Never download published weights on first use (as STYLIZE_OFFLINE=1)."),
     ] = False,
 ) -> None:
     _Settings.debug = debug
