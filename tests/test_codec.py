@@ -319,3 +319,15 @@ def test_png_at_the_fast_level_is_lossless_and_uses_run_length_matching():
     plain = _save(Image.fromarray(texture), "PNG", compress_level=1)
     rle = _save(Image.fromarray(texture), "PNG", compress_level=1, compress_type=zlib.Z_RLE)
     assert data == rle != plain
+
+
+@pytest.mark.parametrize(("shape", "size"), [((301, 457), (97, 148)), ((64, 48), (131, 99)), ((40, 40), (40, 17))])
+def test_resize_array_is_the_one_resize_within_a_level(shape, size):
+    """The uint8 path (fast) keeps the filter of ``imaging.resize`` (float): every value within 1."""
+    from pipeline.imaging import resize, resize_array
+
+    array = _scene(shape[1], shape[0])
+    fast = resize_array(array, size)
+    slow = to_array(resize(to_tensor(array), size))
+    assert fast.shape == (*size, 3) and fast.dtype == np.uint8 and fast.flags.c_contiguous
+    assert np.abs(fast.astype(int) - slow).max() <= 1
