@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": times,
                 "median_seconds": medians,
                 "ratio_peer_over_ours": round(medians["peer"] / medians["ours"], 3),
+                # each alternating pair ran under the same load: on a shared machine these say more
+                "pair_ratios": [round(p / o, 3) for p, o in zip(times["peer"], times["ours"], strict=True)],
             }
         )
     )
