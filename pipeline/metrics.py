@@ -260,7 +260,18 @@ def shard_summary(rows: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any
         vals = [float(r[col]) for r in rows if r.get(col) is not None and float(r[col]) == float(r[col])]
         out[f"sum_{col}"], out[f"n_{col}"] = sum(vals), len(vals)
     out.update(extra)
+    fill = batch_fill(out.get("images_in_calls"), out.get("model_calls"), out.get("batch_size"))
+    if fill is not None:
+        out["batch_fill"] = fill
     return out
+
+
+def batch_fill(images: Any, calls: Any, batch_size: Any) -> float | None:
+    """Images per model call over ``batch_size`` (1.0: every call full); None without calls. A shard's
+    footer and ``_SUCCESS`` both carry it, so a shard whose calls did not fill can be found."""
+    if not calls or not batch_size:
+        return None
+    return round(int(images or 0) / int(calls) / max(1, int(batch_size)), 4)
 
 
 def shard_file(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> bytes:
@@ -329,7 +340,7 @@ def summarize(
     if calls:
         images = sum(int(s.get("images_in_calls", 0)) for s in shards)
         summary["model_calls"] = calls
-        summary["batch_fill"] = round(images / calls / max(1, int(config.get("batch_size") or 1)), 4)
+        summary["batch_fill"] = batch_fill(images, calls, config.get("batch_size") or 1)
     summary.update(extra or {})
     return summary
 

@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import generations, incremental, layout, lease
@@ -128,6 +129,28 @@ def _check_style_images(config: JobConfig, specs: list[str]) -> None:
                 raise ConfigError(f"style image {source}: {exc}") from None
 
 
+def _checked_with_ray(config: JobConfig, address: str | None) -> bool:
+    """``check_can_start`` in a thread while Ray starts (or is joined) here; True if Ray was started here.
+
+    An embedded Ray takes 2.5-4 s to start on a small machine, and the checks (the model registry, the
+    weights, the style images) about 1 s: side by side, the small job waits for the longer of the two
+    only. Ray's start is mostly waiting on its own processes, so it holds the GIL little. Ray starts in
+    this (the main) thread because its processes die with the thread that started them (Linux's
+    parent-death signal follows the thread), and a pool's thread ends. A failed check still waits for the
+    start, so the CLI's exit takes the embedded Ray down with it, and its one line is the one shown."""
+    from pipeline.raysession import ensure_ray
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize-checks") as pool:
+        checking = pool.submit(check_can_start, config)
+        try:
+            started_here = ensure_ray(address)
+        except BaseException:
+            checking.result()  # a failed check explains more than Ray's start
+            raise
+        checking.result()
+    return started_here
+
+
 def _is_local() -> bool:
     import ray
 
@@ -159,12 +182,10 @@ def run(
         if plan.pending:
             if progress:
                 progress(dict(state))
-            check_can_start(config)
+            started_here = _checked_with_ray(config, address)
             from pipeline.dispatch import Dispatch
             from pipeline.raymetrics import JobMetrics
-            from pipeline.raysession import ensure_ray
 
-            started_here = ensure_ray(address)
             local = started_here or _is_local()
             dispatch = Dispatch(
                 config,

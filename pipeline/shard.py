@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -49,7 +50,7 @@ from pipeline.config import JobConfig
 from pipeline.crashes import crash_limit
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError, MachineError, StorageError, StylizeError, describe
-from pipeline.imaging import fit, resize, resize_masks, training_crop
+from pipeline.imaging import fit, fit_size, resize, resize_masks, shorter_side_size, training_crop
 from pipeline.manifest.hashing import source_tags
 from pipeline.manifest.schema import LABEL_COLUMN, TAG_COLUMNS
 from pipeline.media.video import is_video
@@ -313,13 +314,21 @@ class ShardWorker:
             data = self._read(item.row["source_uri"])
             mask_data = self._read(item.row["mask_uri"]) if item.row.get("mask_uri") else None
             stage = "decode"
-            decoded = decode_image(data)
-            item.row.update(width=decoded.width, height=decoded.height, note=decoded.note or "")
-            try:
-                array = training_crop(decoded.array, self.config.resize_shorter, self.config.center_crop)
-            except ValueError as exc:  # smaller than center_crop: the photo's, told in one line
-                raise InputError(str(exc)) from None
-            pixels = torch.from_numpy(fit(array, self.config.max_side)).permute(2, 0, 1).unsqueeze(0)
+            config = self.config
+            if config.resize_shorter or config.center_crop:
+                # a training crop: decoded (at a reduced scale where it can) to Resize(N)'s size, cropped, capped
+                target = partial(shorter_side_size, shorter=config.resize_shorter) if config.resize_shorter else None
+                decoded = decode_image(data, target=target)
+                try:
+                    array = training_crop(decoded.array, config.resize_shorter, config.center_crop)
+                except ValueError as exc:  # smaller than center_crop: the photo's, told in one line
+                    raise InputError(str(exc)) from None
+                array = fit(array, config.max_side)
+            else:
+                decoded = decode_image(data, target=partial(fit_size, max_side=config.max_side))
+                array = decoded.array
+            item.row.update(width=decoded.source_width, height=decoded.source_height, note=decoded.note or "")
+            pixels = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
             if mask_data is not None:
                 mask = to_tensor(decode_image(mask_data).array).mean(1, keepdim=True)
                 item.mask = resize_masks(mask, tuple(pixels.shape[-2:]))
@@ -605,6 +614,7 @@ class ShardWorker:
             shard=shard,
             model_calls=self.calls,
             images_in_calls=self.images_in_calls,
+            batch_size=self.config.batch_size,
             seconds=time.perf_counter() - t0,
             pid=os.getpid(),
             generation=generation,

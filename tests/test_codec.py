@@ -251,3 +251,83 @@ def test_to_arrays_rounds_a_batch_as_to_array_rounds_each_image() -> None:
     assert arrays.shape == (3, 5, 7, 3) and arrays.dtype == np.uint8
     for i in range(3):
         assert np.array_equal(arrays[i], to_array(batch[i]))
+
+
+def _scene(w: int, h: int) -> np.ndarray:
+    """A smooth photo-like scene (gradients and soft waves): what a reduced-scale decode must match."""
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    r, g, b = np.sin(x * 7 + y * 3), np.cos(y * 9 - x), (x * y * 4) % 1
+    return (np.stack([r * 0.4 + 0.5, g * 0.4 + 0.5, b * 0.8 + 0.1], -1) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey", "rotated"])
+@pytest.mark.parametrize(("size", "max_side"), [((2047, 1533), 600), ((1999, 1333), 250), ((999, 4001), 333)])
+def test_a_target_decodes_a_big_jpeg_at_reduced_scale_to_the_exact_size(monkeypatch, kind, size, max_side):
+    from functools import partial
+
+    from PIL import JpegImagePlugin
+
+    from pipeline.imaging import fit, fit_size
+
+    scales = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, requested):
+        out = draft(self, mode, requested)
+        scales.append(self.decoderconfig[0] if out else 1)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    image = Image.fromarray(_scene(*size))
+    exif = None
+    if kind == "grey":
+        image = image.convert("L")
+    if kind == "rotated":  # stored sideways, with the tag that turns it upright
+        image = image.transpose(Image.Transpose.ROTATE_90)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+    data = _save(image, "JPEG", quality=92, **({"exif": exif} if exif else {}))
+    whole = decode_image(data)
+    fast = decode_image(data, target=partial(fit_size, max_side=max_side))
+    expected = fit(whole.array, max_side)
+    assert scales and scales[-1] >= 2  # decoded at 1/2, 1/4 or 1/8
+    assert fast.array.shape == expected.shape and fast.array.dtype == np.uint8
+    assert (fast.source_height, fast.source_width) == whole.array.shape[:2] == (size[1], size[0])
+    assert fast.note == whole.note
+    assert np.abs(fast.array.astype(int) - expected).mean() < 2.0  # the same picture, within JPEG's own noise
+
+
+def test_a_target_the_photo_already_meets_decodes_it_whole():
+    from functools import partial
+
+    from pipeline.imaging import fit_size
+
+    data = _save(Image.fromarray(_scene(517, 333)), "JPEG", quality=92)
+    whole = decode_image(data)
+    fast = decode_image(data, target=partial(fit_size, max_side=1024))
+    assert np.array_equal(fast.array, whole.array) and fast.source_size is None
+    png = decode_image(_save(Image.fromarray(_scene(517, 333)), "PNG"), target=partial(fit_size, max_side=100))
+    assert png.array.shape == (64, 100, 3) and png.source_size == (333, 517)
+
+
+def test_png_at_the_fast_level_is_lossless_and_uses_run_length_matching():
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)  # a stylized output's fine texture
+    texture[:, :48] = (30, 90, 200)  # and a flat area: runs still compress
+    data = encode_image(texture, "png", png_level=1)
+    assert np.array_equal(decode_image(data).array, texture)
+    plain = _save(Image.fromarray(texture), "PNG", compress_level=1)
+    rle = _save(Image.fromarray(texture), "PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    assert data == rle != plain
+
+
+@pytest.mark.parametrize(("shape", "size"), [((301, 457), (97, 148)), ((64, 48), (131, 99)), ((40, 40), (40, 17))])
+def test_resize_array_is_the_one_resize_within_a_level(shape, size):
+    """The uint8 path (fast) keeps the filter of ``imaging.resize`` (float): every value within 1."""
+    from pipeline.imaging import resize, resize_array
+
+    array = _scene(shape[1], shape[0])
+    fast = resize_array(array, size)
+    slow = to_array(resize(to_tensor(array), size))
+    assert fast.shape == (*size, 3) and fast.dtype == np.uint8 and fast.flags.c_contiguous
+    assert np.abs(fast.astype(int) - slow).max() <= 1

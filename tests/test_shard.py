@@ -207,7 +207,8 @@ def test_dataset_generation_mixes_styles_in_one_call(tmp_path: Path) -> None:
     rows, summary = run_shard(
         tmp_path, list(paths.items()), stylizer="dumoulin", style_manifest=str(styles), batch_size=8, device="cpu"
     )
-    assert summary["model_calls"] == 3 and summary["images_in_calls"] == 24  # fill 1.0
+    assert summary["model_calls"] == 3 and summary["images_in_calls"] == 24
+    assert summary["batch_fill"] == 1.0  # in the shard's footer too (the summary is what it carries)
     assert len({r["style"] for r in rows}) > 3
     # each output equals that image stylized alone with its own style
     from pipeline.models import create
