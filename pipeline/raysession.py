@@ -144,17 +144,20 @@ def _descendants(pid: int) -> list[int]:
 
 
 def exit_now(code: int) -> None:
-    """End this process at once, with the Ray it started: ``ray.shutdown`` waits for each process to
-    stop gracefully (about 2 s here, a fifth of a small job). Call only once every output is written.
+    """End this process at once, with the Ray it started, if any: ``ray.shutdown`` waits for each process
+    to stop gracefully (about 2 s here, a fifth of a small job), and the interpreter's teardown can abort
+    in native thread pools (``pipeline.cli.main``). Call only once every output is written.
 
     An embedded Ray's processes (GCS, raylet, and the raylet's agents and workers) are this process's
     descendants and are killed outright: left to notice their parent's death, the raylet's agents
     linger for minutes. A driver connected to a cluster just leaves; without /proc (not Linux) this
     falls back to ``ray.shutdown``.
     """
+    import logging
     import signal
     import sys
 
+    logging.shutdown()  # flush and close the handlers the interpreter's teardown would have closed
     sys.stdout.flush()
     sys.stderr.flush()
     if _Embedded.started and Path("/proc/self").exists():

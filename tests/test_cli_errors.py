@@ -216,3 +216,42 @@ def test_debug_also_raises_stylize_errors(files: dict[str, str]) -> None:
 def test_a_good_invocation_exits_zero(files: dict[str, str], capfd) -> None:
     assert run(["models", "show", "dumoulin"]) == 0
     assert "dumoulin" in capfd.readouterr().out
+
+
+def test_the_script_ends_without_the_interpreters_teardown(files: dict[str, str], tmp_path: Path) -> None:
+    """``main`` ends the process at once once the command returned (pyarrow's thread pools could abort the
+    teardown with exit 134 after the manifest was written): atexit handlers do not run, yet what the command
+    printed and wrote is there, and the exit code is the command's."""
+    out = tmp_path / "m.parquet"
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('TEARDOWN', flush=True)); "
+        "from pipeline.cli import main; sys.argv = ['stylize'] + sys.argv[1:]; main()"
+    )
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encode(photo(seed=1)))
+    done = subprocess.run(
+        [sys.executable, "-c", code, "manifest", "build", str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and "TEARDOWN" not in done.stdout
+    assert out.stat().st_size > 0
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "manifest",
+            "build",
+            files["empty"] + "-missing",
+            "--out",
+            str(tmp_path / "x.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "error:" in (bad.stdout + bad.stderr) and "TEARDOWN" not in bad.stdout
