@@ -279,22 +279,19 @@ def make_plan(
         if same_manifest and not changed and (finished is None or not redo):
             return _resume(storage, recorded, info, listing)
         plan.generation = generation + 1
-        if (
-            not changed and keep_earlier
-        ):  # results made under other pixel settings are never kept (rerun=all starts over)
+        # results made under other pixel settings (rerun=all starts over), or in shard files, are never kept
+        if not changed and keep_earlier:
             plan.bases = [generation] + ([] if finished else [int(g) for g in recorded.get("bases", [])])
         if plan.bases:  # segments are keyed by manifest row, which moves: changed long videos go whole
             plan.segment_frames = 0
         if write:
-            plan.collisions = colliding_stems(info.path, storage_options) if mirrored else None
-            storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
+            _record(storage, plan, info.path if mirrored else None, storage_options)
             storage.delete(layout.SUCCESS_KEY)  # the output is incomplete until this generation finishes
             for key in storage.list(layout.SEGMENTS_PREFIX + "/"):  # an earlier generation's, by its rows
                 storage.delete(key)
         return plan
     if write:
-        plan.collisions = colliding_stems(info.path, storage_options) if mirrored else None
-        storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
+        _record(storage, plan, info.path if mirrored else None, storage_options)
     plan.done = {s for s in listing.get(0, {}) if s < plan.shards}
     if plan.segment_frames and plan.videos:
         plan.segments_done = segments.committed(segments.listing(storage))
@@ -310,6 +307,12 @@ def _refusal(storage: Storage, old: dict[str, Any], new: dict[str, Any]) -> str 
         f"{storage.uri(layout.PLAN_KEY)}: {key} was {old[key]!r} and is now {new.get(key)!r}, which changes "
         "the outputs already made; use a new output, or --set rerun=all to stylize everything again"
     )
+
+
+def _record(storage: Storage, plan: Plan, mirrored: str | None, storage_options: dict[str, Any] | None) -> None:
+    """Write ``_plan.json``; ``mirrored`` (the manifest of an output_format files job): with its colliding stems."""
+    plan.collisions = colliding_stems(mirrored, storage_options) if mirrored else None
+    storage.put(layout.PLAN_KEY, json.dumps(plan.as_json(), indent=2).encode())
 
 
 def _resume(storage: Storage, recorded: dict[str, Any], info: ManifestInfo, listing: dict[int, dict[int, str]]) -> Plan:

@@ -122,7 +122,10 @@ def style_pool(path: str, config: Any) -> list[str]:
     split = getattr(config, "style_split", None)
     key = (path, repr(sorted((config.storage_options or {}).items())), split)
     if key not in _POOLS:
-        uris, splits = _style_rows(path, config)
+        from pipeline.manifest import read_uri_column
+
+        opts = config.storage_options or None
+        uris, splits = read_uri_column(path, opts, config.allowed_schemes, column="split")
         if not uris:
             raise ConfigError(f"style manifest {path} lists no styles")
         if split:
@@ -144,16 +147,3 @@ def style_pool(path: str, config: Any) -> list[str]:
         part = f" (split {split!r})" if split else ""
         raise ConfigError(f"style manifest {path}{part} lists {len(pool)} styles, fewer than styles_per_image={wanted}")
     return pool
-
-
-def _style_rows(path: str, config: Any) -> tuple[list[str], list[Any] | None]:
-    """The style URIs of ``path`` and, for a Parquet manifest with a ``split`` column, each one's split."""
-    from pipeline.manifest import read_manifest, read_uri_list
-
-    if str(path).endswith(".parquet"):
-        table = read_manifest(path, config.storage_options or None)
-        uris = table.column("uri").to_pylist()
-        splits = table.column("split").to_pylist() if "split" in table.column_names else None
-        keep = [i for i, u in enumerate(uris) if u]
-        return [str(uris[i]) for i in keep], ([splits[i] for i in keep] if splits is not None else None)
-    return read_uri_list(path, config.storage_options or None, config.allowed_schemes), None

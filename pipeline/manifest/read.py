@@ -72,8 +72,23 @@ def read_uri_list(
 ) -> list[str]:
     """URIs (or style specs) listed by ``path``: a Parquet manifest's ``uri`` column, or a UTF-8 text
     file with one entry a line (blank lines and ``#`` comments skipped). Raises ``ManifestError``."""
+    return read_uri_column(path, storage_options, allowed_schemes)[0]
+
+
+def read_uri_column(
+    path: str,
+    storage_options: dict[str, Any] | None = None,
+    allowed_schemes: Iterable[str] = ALLOWED_SCHEMES,
+    column: str | None = None,
+) -> tuple[list[str], list[Any] | None]:
+    """``read_uri_list``'s URIs and, for a Parquet manifest that has ``column``, that column's value beside each
+    (a style manifest's ``split``); None where there is no such column (a text list has none)."""
     if str(path).endswith(".parquet"):
-        return [str(u) for u in read_manifest(path, storage_options).column("uri").to_pylist() if u]
+        table = read_manifest(path, storage_options)
+        uris = table.column("uri").to_pylist()
+        keep = [i for i, u in enumerate(uris) if u]
+        values = table.column(column).to_pylist() if column and column in table.column_names else None
+        return [str(uris[i]) for i in keep], ([values[i] for i in keep] if values is not None else None)
     from pipeline.storage import read_source
 
     try:
@@ -83,7 +98,7 @@ def read_uri_list(
         raise ManifestError(f"{path} is neither a .parquet manifest nor a UTF-8 list of URIs") from None
     except StorageError as exc:
         raise ManifestError(f"cannot read {path}: {exc}") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")], None
 
 
 def read_table_file(path: str, storage_options: dict | None, allowed: Iterable[str] = ALLOWED_SCHEMES) -> pa.Table:
