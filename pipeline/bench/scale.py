@@ -6,10 +6,14 @@ the shared set's Content.jpg and chicago.jpg beside scikit-image's astronaut) wi
 several longer sides (default 512, 1024, 3072), with ``style_scale`` ``native`` and with the default,
 through ``controls.stylize``, and prints one JSON row per (stylizer, photo, style, size, mode):
 
-- ``style_dist``: the job metrics' Gram style distance (``metrics.QualityScorer``) to the painting, with
-  output and painting both at a 256 px viewing size (lower: closer to the painting). Families without a
-  style image (dumoulin's built-in styles) have none; ``growth``: its relative change from the photo's
-  smallest size (the first ``--size``);
+- ``style_dist``: the job metrics' Gram style distance (``metrics.QualityScorer``: its encoder, layers and
+  normalisation) to the painting, with output and painting both seen at a 256 px viewing size made by
+  ``view`` (lower: closer to the painting). Families without a style image (dumoulin's built-in styles)
+  have none; ``growth``: its relative change from the photo's smallest size (the first ``--size``);
+- ``enlarged_growth``: the instrument's own error, the ``growth`` of the smallest size's result enlarged
+  to this size with a Catmull-Rom cubic: the same picture, so it should read ~0;
+- ``growth_metrics_view``: ``growth`` with the job metrics' own view (the package's antialiased bilinear
+  resize) instead of ``view``; printed beside it because that view is not neutral to enlargement (below);
 - ``look_dist``: the same Gram distance, but to the smallest size's result of the same stylizer and style:
   how far the picture seen whole is from the small photo's look (0 at 512), for every family;
 - ``edge_corr``: Pearson correlation of the luminance gradient magnitudes of output and photo at full size;
@@ -21,14 +25,23 @@ through ``controls.stylize``, and prints one JSON row per (stylizer, photo, styl
   the photo itself (its 1024 px copy enlarged), the real detail there was to carry.
 
 Then ``worst`` rows, one per stylizer and mode: the largest style distance growth and the smallest
-detail ratio at the largest size over every photo and painting (the worst case, not the mean).
+detail ratio at the largest size over every photo and painting (the worst case, not the mean), with the
+largest ``|enlarged_growth|`` and ``growth_metrics_view`` beside them.
+
+Why ``view`` is an antialiased cubic and not the job metrics' bilinear: the Gram distance at 256 px
+reacts to how the downscale treats texture near the view's pixel scale. Measured with ghiasi over 4
+photos x 11 paintings (docs/benchmarks.md, session 9), the 512 px result merely enlarged 6x with
+Catmull-Rom read up to +7.4 % with the bilinear view (Lanczos-3: +9.7 %, bilinear: -15 %) although the
+picture is the same; with the cubic view the Catmull-Rom and Lanczos-3 enlargements read within 1.2 % and
+2 %. A bound of 10 % on the growth can only be checked with the second.
 
 The photos are resized to each size with Lanczos from their own pixels. The shared photos are 512 px and
 the astronaut 512 px, so above 512 they are enlargements that hold no real detail (their own detail
-ratio is ~1.0: nothing for any upsampler to carry). ``--detail-photo`` (default ``collage``) therefore
-adds ``real_detail`` rows: ``real_detail_photo()`` (a 3072x2304 collage of real photos, each tile at or
-below its own resolution, so every pixel holds real detail) at 1024 and 3072 px with each painting, and
-the detail ratio and style distances there; ``--detail-photo none`` skips them.
+ratio is ~1.0: nothing for any upsampler to carry). ``--detail-photo`` (default ``collages``) therefore
+adds ``real_detail`` rows: ``real_detail_photo(v)`` (three collages of real photos, 3072 px on the longer
+side, landscape, portrait and 16:9, each tile at or below its own resolution, so every pixel holds real
+detail) at 512, 1024 and 3072 px with each painting, and the detail ratio and style distances there;
+``collage`` takes the first only, ``none`` skips them.
 ``--crops OUT.png`` also writes a side-by-side crop of the first stylizer's largest photo, native vs default.
 Asserts nothing; CPU threads as torch picks them.
 """
@@ -60,7 +73,9 @@ SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if (p / "eva
 PHOTOS = ("eval/content/Content.jpg", "eval/content/chicago.jpg")
 PAINTINGS = ("Starry", "la_muse", "wave", "udnie", "Composition-VII")
 DETAIL_SIZE = 1024  # the detail ratio's reference: the 1024 px output enlarged bicubically
-COLLAGE = (3072, 2304, 384)  # width, height, tile side of real_detail_photo
+COLLAGES = ((3072, 2304), (2304, 3072), (3072, 1728))  # width, height of real_detail_photo(variant)
+COLLAGE_TILE = 384
+COLLAGE_NAMES = ("collage", "collage-portrait", "collage-16x9")
 
 
 def load(path: str | None) -> Image.Image:
@@ -81,21 +96,33 @@ def photo(path: str | Image.Image | None, side: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
 
 
-def real_detail_photo() -> Image.Image:
-    """A 3072x2304 collage of real photos (scikit-image's colour and grey photos), each tile a square crop
-    brought down to 384 px, never enlarged: every pixel holds a camera's detail, at a size no photo of
-    this machine has. At most two crops per photo, mirrored on the second pass round the list."""
+def _detail_sources() -> list[np.ndarray]:
+    """scikit-image's photos at least ``COLLAGE_TILE`` px on their shorter side, as RGB uint8 arrays."""
     from skimage import data
 
-    width, height, tile = COLLAGE
-    sources = [data.astronaut(), data.coffee(), data.rocket(), data.retina(), data.hubble_deep_field()]
-    sources += [data.camera(), data.brick(), data.grass(), data.gravel(), data.immunohistochemistry()]
+    photos = [data.astronaut(), data.coffee(), data.rocket(), data.retina(), data.hubble_deep_field()]
+    photos += [data.camera(), data.brick(), data.grass(), data.gravel(), data.immunohistochemistry()]
+    photos += [data.stereo_motorcycle()[0], data.cell(), data.moon()]
+    return [np.repeat(a[..., None], 3, 2) if a.ndim == 2 else a for a in photos]
+
+
+def real_detail_photo(variant: int = 0) -> Image.Image:
+    """A collage of real photos (scikit-image's colour and grey photos) whose every pixel holds a camera's
+    detail, at a size no photo of this machine has: each tile a square crop brought down to
+    ``COLLAGE_TILE`` px, never enlarged. ``variant`` 0, 1, 2: 3072x2304 landscape, 2304x3072 portrait and
+    3072x1728 (16:9), each with its own order of the photos and its own crops (a large photo gives two
+    finer crops, from opposite corners, which corners depending on the variant), mirrored on every other
+    pass round the list. Variant 0 is the collage of the session 8 figures."""
+    width, height = COLLAGES[variant]
+    sources = _detail_sources()
+    sources = sources[:10] if variant == 0 else sources[3 * variant :] + sources[: 3 * variant]
+    tile = COLLAGE_TILE
     tiles = []
-    for array in sources:
-        rgb = np.repeat(array[..., None], 3, 2) if array.ndim == 2 else array
+    for rgb in sources:
         h, w = rgb.shape[:2]
-        side = min(h, w) // 2 if min(h, w) >= 2 * tile else min(h, w)  # a large photo gives two finer crops
-        for y, x in sorted({(0, 0), (h - side, w - side)}):
+        side = min(h, w) // 2 if min(h, w) >= 2 * tile else min(h, w)
+        corners = [(0, 0), (h - side, w - side)] if variant != 1 else [(0, w - side), (h - side, 0)]
+        for y, x in sorted(set(corners)):
             crop = Image.fromarray(np.ascontiguousarray(rgb[y : y + side, x : x + side]))
             tiles.append(crop.resize((tile, tile), Image.Resampling.LANCZOS))
     canvas = Image.new("RGB", (width, height))
@@ -149,9 +176,30 @@ def styles_for(model: Stylizer, style_path: str | None, index: int) -> tuple[lis
     return [Style(image=painting)], label, painting
 
 
-def distance(scorer: QualityScorer, out: torch.Tensor, target: torch.Tensor, key: str) -> float:
-    """The metrics' Gram style distance of ``out`` to ``target`` (both brought to the scorer's side)."""
-    return scorer.score_batch(out, out, [key], [[Style(image=target)]])[0]["style_distance"]
+def view(x: torch.Tensor, side: int = VIEW_SIDE) -> torch.Tensor:
+    """``x`` (B,3,H,W) seen whole: longer side ``side`` with torch's antialiased bicubic (the Catmull-Rom
+    kernel stretched over the scale, as Pillow's BICUBIC reduce), which sees a smooth enlargement of a
+    picture as that picture (module docstring). Never enlarges."""
+    if max(x.shape[-2:]) <= side:
+        return x
+    size = imaging.max_side_size(tuple(x.shape[-2:]), side)
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def enlarge(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` enlarged to ``size`` with the Catmull-Rom cubic: the same picture, only bigger."""
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def distance(
+    scorer: QualityScorer, out: torch.Tensor, target: torch.Tensor, key: str, *, metrics_view: bool = False
+) -> float:
+    """The metrics' Gram style distance of ``out`` to ``target``, both seen through ``view``, or with
+    ``metrics_view`` through the scorer's own resize (the job metrics' figure)."""
+    if metrics_view:
+        return scorer.score_batch(out, out, [f"{key}|metrics"], [[Style(image=target)]])[0]["style_distance"]
+    seen = view(out)
+    return scorer.score_batch(seen, seen, [f"{key}|view"], [[Style(image=view(target))]])[0]["style_distance"]
 
 
 def _emit(rows: list[dict[str, object]], row: dict[str, object]) -> None:
@@ -174,7 +222,7 @@ def _pair_rows(
     """The rows of one (stylizer, photo, style) at each size and mode."""
     rows: list[dict[str, object]] = []
     reference: torch.Tensor | None = None
-    base: float | None = None  # the style distance at the smallest size, which growth is measured from
+    base: dict[str, float] = {}  # style distances at the smallest size (each view), which growth is measured from
     at_detail_size: dict[str, torch.Tensor] = {}  # the outputs at DETAIL_SIZE, by mode, and the photo
     for side in sizes:
         content = photo(picture, side).to(model.device)
@@ -190,7 +238,12 @@ def _pair_rows(
             reference = out if reference is None else reference
             native = out if mode == "native" else native
             key = "native" if mode == "native" else "default"
-            dist = distance(scorer, out, painting, label) if painting is not None else None
+            dists: dict[str, float] = {}
+            if painting is not None:
+                dists["view"] = distance(scorer, out, painting, label)
+                dists["metrics_view"] = distance(scorer, out, painting, label, metrics_view=True)
+                dists["enlarged"] = distance(scorer, enlarge(reference, tuple(out.shape[-2:])), painting, label)
+            dist = dists.get("view")
             row: dict[str, object] = {
                 "stylizer": model.name,
                 "photo": photo_label,
@@ -199,14 +252,18 @@ def _pair_rows(
                 "style_scale": mode if side > args.style_scale else f"{mode} (= both)",
                 "style_dist": None if dist is None else round(dist, 4),
                 "growth": None,
+                "enlarged_growth": None,
+                "growth_metrics_view": None,
                 "look_dist": round(distance(scorer, out, reference, f"{model.name}-{label}-{photo_label}"), 4),
                 "edge_corr": round(edge_correlation(out, content), 4),
                 "s_per_image": round(seconds, 2),
                 "sharpness": round(sharpness(out), 5),
             }
-            if dist is not None:
-                base = dist if base is None else base
-                row["growth"] = round(dist / base - 1, 4)
+            if dists:
+                base = base or {"view": dists["view"], "metrics_view": dists["metrics_view"]}
+                row["growth"] = round(dists["view"] / base["view"] - 1, 4)
+                row["enlarged_growth"] = round(dists["enlarged"] / base["view"] - 1, 4)
+                row["growth_metrics_view"] = round(dists["metrics_view"] / base["metrics_view"] - 1, 4)
             if side == DETAIL_SIZE:
                 at_detail_size |= {key: out, "photo": content}
             elif side > DETAIL_SIZE and key in at_detail_size:
@@ -233,6 +290,13 @@ def worst(rows: list[dict[str, object]], size: int, what: str) -> list[dict[str,
         if grown:
             top = max(grown, key=lambda r: float(r["growth"]))  # type: ignore[arg-type]
             row |= {"max_growth": top["growth"], "at": f"{top['photo']} x {top['style']}"}
+            # the instrument's largest error, and the job metrics' view of the same outputs
+            row["max_abs_enlarged_growth"] = max(abs(float(r["enlarged_growth"])) for r in grown)  # type: ignore[arg-type]
+            top_metrics = max(grown, key=lambda r: float(r["growth_metrics_view"]))  # type: ignore[arg-type]
+            row |= {
+                "max_growth_metrics_view": top_metrics["growth_metrics_view"],
+                "metrics_view_at": f"{top_metrics['photo']} x {top_metrics['style']}",
+            }
         if detailed:
             low = min(detailed, key=lambda r: float(r["detail"]))  # type: ignore[arg-type]
             row |= {"min_detail": low["detail"], "detail_at": f"{low['photo']} x {low['style']}"}
@@ -247,7 +311,9 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     pictures = [(Path(p).stem if p else "astronaut", load(p)) for p in args.content]
     rows: list[dict[str, object]] = []
     detail_rows: list[dict[str, object]] = []
-    collage = real_detail_photo() if args.detail_photo == "collage" else None
+    variants = {"collages": range(len(COLLAGES)), "collage": range(1), "none": range(0)}[args.detail_photo]
+    collages = [(COLLAGE_NAMES[v], real_detail_photo(v)) for v in variants]
+    detail_side = max(max(COLLAGES[v]) for v in variants) if collages else 0
     for name in args.stylizer:
         model = load_stylizer(name, device)
         # an image-conditioned family takes the paintings; dumoulin its built-in indices; johnson one painting
@@ -257,15 +323,15 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
             for j, (photo_label, picture) in enumerate(pictures):
                 crops = args.crops if (name, i, j) == (args.stylizer[0], 0, 0) else None
                 rows += _pair_rows(args, scorer, model, picture, photo_label, styles, label, painting, args.size, crops)
-            if collage is not None:
-                # default mode only (native at 3072 px is minutes a call); 512 px is the "= both" row
-                only_default = argparse.Namespace(**{**vars(args), "native_up_to": args.style_scale})
-                sizes = [min(args.size), DETAIL_SIZE, max(COLLAGE[:2])]
+            # default mode only (native at 3072 px is minutes a call); 512 px is the "= both" row
+            only_default = argparse.Namespace(**{**vars(args), "native_up_to": args.style_scale})
+            for collage_label, collage in collages:
+                sizes = [min(args.size), DETAIL_SIZE, detail_side]
                 detail_rows += _pair_rows(
-                    only_default, scorer, model, collage, "collage", styles, label, painting, sizes
+                    only_default, scorer, model, collage, collage_label, styles, label, painting, sizes
                 )
     summary: list[dict[str, object]] = []
-    for row in worst(rows, max(args.size), "photos") + worst(detail_rows, max(COLLAGE[:2]), "real_detail"):
+    for row in worst(rows, max(args.size), "photos") + worst(detail_rows, detail_side, "real_detail"):
         _emit(summary, row)
     return rows + detail_rows + summary
 
@@ -298,7 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--content", action="append", help="photo or 'astronaut' (repeat; default: shared set's 2 + astronaut)"
     )
-    parser.add_argument("--detail-photo", choices=("collage", "none"), default="collage", help="real-detail rows")
+    parser.add_argument(
+        "--detail-photo", choices=("collages", "collage", "none"), default="collages", help="real-detail rows"
+    )
     parser.add_argument("--encoder-weights", default="hed-vgg16", help="VGG that measures the distances")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--native-up-to", type=int, help="skip native rows above this size (they are slow)")
