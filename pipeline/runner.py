@@ -267,12 +267,9 @@ def finish(
 def write_dataset_card(config: JobConfig, storage: Storage, plan: Plan, metrics_keys: list[str]) -> None:
     """``dataset.json`` and ``README.md`` (``pipeline.card``), just before ``_SUCCESS``."""
     from pipeline import card
-    from pipeline.errors import StylizeError
     from pipeline.models.fetch import combined_sha256, weights_digests
 
-    digests: dict[str, str] = {}
-    with contextlib.suppress(StylizeError, OSError):  # provenance: a missing digest is recorded as null
-        digests = weights_digests(config.stylizer, config.weights, config.storage_options or None)
+    digests = weights_digests(config.stylizer, config.weights, config.storage_options or None)  # {}: recorded as null
     document = card.build_card(
         config,
         storage,

@@ -353,13 +353,9 @@ class ShardWorker:
         if self._weights_sha256 is None:
             from pipeline.models.fetch import combined_sha256, weights_digests
 
-            digest = None
-            with contextlib.suppress(StylizeError, OSError):  # provenance, never a reason to fail a photo
-                config = self.config
-                digest = combined_sha256(
-                    weights_digests(config.stylizer, config.weights, config.storage_options or None)
-                )
-            self._weights_sha256 = (digest,)
+            config = self.config
+            digests = weights_digests(config.stylizer, config.weights, config.storage_options or None)
+            self._weights_sha256 = (combined_sha256(digests),)
         return self._weights_sha256[0]
 
     def _sample_k(self, row: Row) -> int | None:

@@ -372,3 +372,22 @@ def test_parallel_fetches_on_one_node_download_once_and_print_the_licence(server
     assert sorted(downloaded) == [False, False, False, True]
     assert server.counts == Counter({"paprika.pt": 1})
     assert sum("non-commercial" in line for line in said) == 1
+
+
+def test_weights_digests_are_provenance_that_never_fails_a_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset records its weights' sha256 (the shard worker's samples, the runner's card); a digest
+    that cannot be made is recorded as missing, never raised into a photo or a job."""
+    import hashlib
+
+    from pipeline.models import fetch
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    assert fetch.weights_digests("johnson", str(weights)) == {"w.pth": hashlib.sha256(b"weights").hexdigest()}
+    assert fetch.weights_digests("no-such-stylizer", None) == {}
+
+    def unreadable(path: Path) -> str:
+        raise OSError(f"cannot read {path}")
+
+    monkeypatch.setattr(fetch, "sha256_of", unreadable)
+    assert fetch.weights_digests("johnson", str(weights)) == {}

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.errors import StorageError, WeightsError
+from pipeline.errors import StorageError, StylizeError, WeightsError
 from pipeline.models.base import Stylizer
 from pipeline.models.onnx_port import package_file
 from pipeline.models.registry import ModelCard, WeightSource, get_card, list_models
@@ -425,7 +425,15 @@ def weights_digests(name: str, weights: str | None, storage_options: dict[str, A
     """``{file name: sha256}`` of the weight files stylizer ``name`` loads with ``weights`` (a dataset records
     them, so it says which weights made it): a given file, else the published files in the cache (or in the
     folder ``weights`` names). A fetched file's digest is the one recorded beside it (no second read of a
-    large file); others are hashed. Empty when the model has no file (built in, or a test double)."""
+    large file); others are hashed. Empty when the model has no file (built in, or a test double), and
+    when they cannot be read: provenance is recorded as missing, never a reason to fail a photo or a job."""
+    try:
+        return _weights_digests(name, weights, storage_options)
+    except (StylizeError, OSError):
+        return {}
+
+
+def _weights_digests(name: str, weights: str | None, storage_options: dict[str, Any] | None) -> dict[str, str]:
     card = get_card(name)
     published = [Path(f).name for r in published_files(card) for f in (r.members or (r.file,))]
     if card.default_network and (weights is None or _is_network_name(weights)):  # nothing fetched here

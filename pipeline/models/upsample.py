@@ -16,8 +16,9 @@ back scaled by how strongly the stylized output follows the photo locally. Where
 photo's edges (``a`` large) those edges come back at full sharpness; where the painting's strokes ignore
 the photo (``a ~ 0``) the strokes are enlarged as they are (not box-blurred as a plain guided filter
 would do, and with no photo texture painted over them). So a photo with real detail beyond the working
-size gets it back at full size: on a 3072 px collage of real photos the output has 1.6-1.8x the mean
-luminance gradient of a 1024 px output enlarged bicubically (docs/benchmarks.md, "Style scale"); a photo
+size gets it back at full size: on three 3072 px collages of real photos the output has 1.55-1.8x the
+mean luminance gradient of a 1024 px output enlarged bicubically (ghiasi, 11 paintings; docs/benchmarks.md,
+session 9); a photo
 that was itself enlarged has no such detail, and none is invented.
 
 The enlargements are Catmull-Rom cubics (``CUBIC_A``; torch's antialiased bicubic, which enlarges with
@@ -51,7 +52,8 @@ BAND_PIXELS = 1 << 22  # 4 MP per band of full-size rows
 # Keys' cubic parameter of the enlargements: -0.5 (Catmull-Rom), the one that reproduces quadratics, not
 # torch's plain bicubic -0.75, whose stronger overshoot rings around every stroke edge. Measured with ghiasi
 # (512 px results enlarged 6x, seen back at the metrics' 256 px): -0.75 moved the Gram style distance by up
-# to +9% (udnie, Composition VII), -0.5 by up to +5% (docs/benchmarks.md, "Style scale", session 8).
+# to +9% (udnie, Composition VII), -0.5 by up to +5% (docs/benchmarks.md, "Style scale", session 8). That
+# view (the metrics' bilinear) itself reads a plain -0.5 enlargement up to +7% on some paintings (session 9).
 # Fixed, not a setting: it is the kernel of torch's antialiased bicubic, which _cubic_rows reproduces
 CUBIC_A = -0.5
 
